@@ -1,0 +1,253 @@
+// Package store keeps the appliance's durable state in a bbolt file: the
+// schema version, the history of config revisions and the last applied
+// desired state.
+//
+// Each concern has its own top-level bucket, so later features (IPAM leases,
+// commit-confirmed state) add buckets without touching the existing ones.
+// Every write is one bbolt transaction, which is fsynced before the method
+// returns. A Store is safe for concurrent use.
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// SchemaVersion is the layout of the buckets written by this package.
+const SchemaVersion = 1
+
+// KeepRevisions is how many of the newest revisions are kept; older ones
+// are pruned when a revision is added.
+const KeepRevisions = 1000
+
+// DefaultPath is where the appliance keeps its store.
+const DefaultPath = "/var/lib/appliance/state.db"
+
+// lockTimeout bounds the wait for the file lock, so a second daemon fails
+// fast instead of hanging behind the first.
+const lockTimeout = time.Second
+
+// ErrNotFound is returned, wrapped, when a revision or the applied state is
+// absent. Test for it with errors.Is.
+var ErrNotFound = errors.New("not found")
+
+var (
+	bucketMeta      = []byte("meta")
+	bucketRevisions = []byte("revisions")
+	bucketApplied   = []byte("applied")
+
+	keySchemaVersion = []byte("schema_version")
+	keyApplied       = []byte("desired_state")
+)
+
+// Store is the appliance's durable state.
+type Store struct {
+	db   *bolt.DB
+	keep int // revisions kept; KeepRevisions except in tests
+}
+
+// Revision is one committed version of the whole config.
+type Revision struct {
+	Number  uint64    `json:"number"`
+	Time    time.Time `json:"time"`
+	User    string    `json:"user"`
+	Message string    `json:"message"`
+	Config  []byte    `json:"config"` // YAML text of the whole config
+}
+
+// Open opens the store at path, creating the file (and its directory) if
+// missing. It fails if another process holds the file, or if the file was
+// written by a newer schema than this binary understands.
+func Open(path string) (*Store, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("store: open %s: locked by another process?", path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	if err := db.Update(initSchema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("store: open %s: %w", path, err)
+	}
+	return &Store{db: db, keep: KeepRevisions}, nil
+}
+
+// initSchema creates missing buckets and checks the schema version. It runs
+// in one transaction, so a new file is never left half-initialised.
+func initSchema(tx *bolt.Tx) error {
+	for _, name := range [][]byte{bucketMeta, bucketRevisions, bucketApplied} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	meta := tx.Bucket(bucketMeta)
+	v := meta.Get(keySchemaVersion)
+	if v == nil {
+		return meta.Put(keySchemaVersion, itob(SchemaVersion))
+	}
+	if len(v) != 8 {
+		return fmt.Errorf("schema version: malformed value %x", v)
+	}
+	if version := binary.BigEndian.Uint64(v); version > SchemaVersion {
+		return fmt.Errorf("schema version %d is newer than this binary supports (%d)", version, SchemaVersion)
+	}
+	// Migrations from an older schema go here, one step per version, in
+	// this transaction, ending with the new version written to meta. There
+	// are none yet: version 1 is the first.
+	return nil
+}
+
+// Close releases the file and its lock.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("store: close %s: %w", s.db.Path(), err)
+	}
+	return nil
+}
+
+// AddRevision stores r under the next revision number, ignoring r.Number,
+// and returns that number. Revisions beyond the newest KeepRevisions are
+// pruned in the same transaction. The revision is on disk when it returns.
+func (s *Store) AddRevision(r Revision) (uint64, error) {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketRevisions)
+		// The bucket sequence is persistent, so numbers are never reused,
+		// even after pruning.
+		n, err := b.NextSequence()
+		if err != nil {
+			return err
+		}
+		r.Number = n
+		v, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		if err := b.Put(itob(n), v); err != nil {
+			return err
+		}
+		return prune(b, n, s.keep)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store: add revision: %w", err)
+	}
+	return r.Number, nil
+}
+
+// prune deletes revisions older than the newest keep, given that newest is
+// the latest number. Numbers are contiguous, so everything up to
+// newest-keep goes.
+func prune(b *bolt.Bucket, newest uint64, keep int) error {
+	if newest <= uint64(keep) {
+		return nil
+	}
+	last := itob(newest - uint64(keep))
+	c := b.Cursor()
+	// Restart from First after each delete: bbolt cursors may skip a key
+	// when Next follows Delete.
+	for k, _ := c.First(); k != nil && bytes.Compare(k, last) <= 0; k, _ = c.First() {
+		if err := c.Delete(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Revision returns revision n, or an error wrapping ErrNotFound.
+func (s *Store) Revision(n uint64) (Revision, error) {
+	var r Revision
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketRevisions).Get(itob(n))
+		if v == nil {
+			return ErrNotFound
+		}
+		return json.Unmarshal(v, &r)
+	})
+	if err != nil {
+		return Revision{}, fmt.Errorf("store: revision %d: %w", n, err)
+	}
+	return r, nil
+}
+
+// LatestRevision returns the newest revision, or an error wrapping
+// ErrNotFound when there is none.
+func (s *Store) LatestRevision() (Revision, error) {
+	var r Revision
+	err := s.db.View(func(tx *bolt.Tx) error {
+		_, v := tx.Bucket(bucketRevisions).Cursor().Last()
+		if v == nil {
+			return ErrNotFound
+		}
+		return json.Unmarshal(v, &r)
+	})
+	if err != nil {
+		return Revision{}, fmt.Errorf("store: latest revision: %w", err)
+	}
+	return r, nil
+}
+
+// Revisions returns every kept revision, newest first.
+func (s *Store) Revisions() ([]Revision, error) {
+	var rs []Revision
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketRevisions).Cursor()
+		for k, v := c.Last(); k != nil; k, v = c.Prev() {
+			var r Revision
+			if err := json.Unmarshal(v, &r); err != nil {
+				return fmt.Errorf("revision %d: %w", binary.BigEndian.Uint64(k), err)
+			}
+			rs = append(rs, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: revisions: %w", err)
+	}
+	return rs, nil
+}
+
+// SaveApplied replaces the last applied desired state with data, atomically.
+func (s *Store) SaveApplied(data []byte) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketApplied).Put(keyApplied, data)
+	})
+	if err != nil {
+		return fmt.Errorf("store: save applied state: %w", err)
+	}
+	return nil
+}
+
+// LoadApplied returns the last applied desired state, or an error wrapping
+// ErrNotFound if none was ever saved.
+func (s *Store) LoadApplied() ([]byte, error) {
+	var data []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketApplied).Get(keyApplied)
+		if v == nil {
+			return ErrNotFound
+		}
+		// v points into the mmap and is valid only inside the transaction.
+		data = bytes.Clone(v)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: load applied state: %w", err)
+	}
+	return data, nil
+}
+
+// itob encodes n as a big-endian key, so byte order matches numeric order.
+func itob(n uint64) []byte {
+	return binary.BigEndian.AppendUint64(nil, n)
+}
