@@ -85,7 +85,10 @@ func basePlan(o *objects) *plan {
 		for i, text := range r.rules {
 			e := exprs[i]
 			p.add(1, fmt.Sprintf("add rule %s %s %s", t, ch.Name, text[0]),
-				func(c *nftables.Conn) error { c.AddRule(&nftables.Rule{Table: o.table, Chain: ch, Exprs: e}); return nil })
+				func(c *nftables.Conn) error {
+					c.AddRule(&nftables.Rule{Table: o.table, Chain: ch, Exprs: e})
+					return nil
+				})
 		}
 	}
 	p.add(1, fmt.Sprintf("add chain %s %s { type filter hook forward priority filter; policy accept; }", t, o.forward.Name),

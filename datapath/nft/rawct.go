@@ -29,7 +29,9 @@ func u32(t uint16, v uint32) netlink.Attribute {
 	return netlink.Attribute{Type: t, Data: b}
 }
 
-func str(t uint16, s string) netlink.Attribute { return netlink.Attribute{Type: t, Data: []byte(s + "\x00")} }
+func str(t uint16, s string) netlink.Attribute {
+	return netlink.Attribute{Type: t, Data: []byte(s + "\x00")}
+}
 
 func rawCt(key uint32, dir uint8, dreg uint32) rawExpr {
 	return rawExpr{"ct", []netlink.Attribute{

@@ -25,10 +25,10 @@ const HashSeed = 0x706f7274 // "port"
 const (
 	setServices4 = "services4"
 	setServices6 = "services6"
-	chainPre       = "prerouting"
-	chainOut       = "output"
-	chainPost      = "postrouting"
-	chainFwd       = "forward"
+	chainPre     = "prerouting"
+	chainOut     = "output"
+	chainPost    = "postrouting"
+	chainFwd     = "forward"
 )
 
 var (
@@ -42,13 +42,13 @@ var (
 
 // objects holds the table and base objects as google/nftables values.
 type objects struct {
-	table                           *nftables.Table
-	services4, services6            *nftables.Set
+	table                *nftables.Table
+	services4, services6 *nftables.Set
 	// Per family: counters per VIP, and per VIP and backend.
 	vipCounters4, vipCounters6         *nftables.Set
 	backendCounters4, backendCounters6 *nftables.Set
-	prerouting, output, postrouting *nftables.Chain
-	forward                         *nftables.Chain
+	prerouting, output, postrouting    *nftables.Chain
+	forward                            *nftables.Chain
 }
 
 func newObjects() *objects {
