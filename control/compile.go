@@ -1,0 +1,131 @@
+package control
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"portico.dev/appliance/control/config"
+	"portico.dev/appliance/control/health"
+	"portico.dev/appliance/control/maglev"
+	"portico.dev/appliance/datapath/nft"
+)
+
+// Inputs are everything compile reads.
+type Inputs struct {
+	Config *config.Config
+	// Health is the state of checked backends by HealthID. A checked
+	// backend missing here is taken as up: a new backend gets traffic
+	// until its check says otherwise, as on other load balancers.
+	Health map[string]bool
+}
+
+// Warning is something compile refused or wants an operator to know.
+type Warning struct {
+	Path    string
+	Message string
+}
+
+func (w Warning) String() string { return w.Path + ": " + w.Message }
+
+// Compile turns inputs into a Desired. It is pure: the same inputs give the
+// same Desired. The configuration must have passed validation.
+func Compile(in Inputs) (Desired, []Warning) {
+	var d Desired
+	var warns []Warning
+	for i, cv := range in.Config.VIPs {
+		path := fmt.Sprintf("vips[%d]", i)
+		addr := netip.MustParseAddr(cv.Address)
+		v := VIP{
+			Name: cv.Name,
+			Key:  nft.Key{Addr: addr, Proto: nft.TCP, Port: uint16(cv.Port)},
+			SNAT: cv.SNAT,
+		}
+		if cv.Protocol == "udp" {
+			v.Key.Proto = nft.UDP
+		}
+		if cv.Scheduler == "round-robin" {
+			v.Scheduler = nft.RoundRobin
+		}
+		if h := cv.Health; h != nil {
+			v.Health = &health.Check{Type: h.Type, Path: h.Path, Interval: h.Interval, Timeout: h.Timeout, Rise: h.Rise, Fall: h.Fall}
+		}
+		for _, cb := range cv.Backends {
+			ap := netip.MustParseAddrPort(cb.Address)
+			ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+			up := true
+			if v.Health != nil {
+				if h, ok := in.Health[HealthID(v.Name, ap)]; ok {
+					up = h
+				}
+			}
+			v.Backends = append(v.Backends, Backend{Addr: ap, Weight: *cb.Weight, Up: up})
+		}
+		slices.SortFunc(v.Backends, func(a, b Backend) int { return a.Addr.Compare(b.Addr) })
+		var err error
+		if v.Slots, err = table(v); err != nil {
+			warns = append(warns, Warning{path, err.Error()})
+		}
+		if len(v.Slots) == 0 {
+			warns = append(warns, Warning{path, "no backend is up: new connections to " + v.Key.String() + " are refused"})
+		}
+		d.VIPs = append(d.VIPs, v)
+	}
+	slices.SortFunc(d.VIPs, func(a, b VIP) int { return a.Key.Compare(b.Key) })
+	return d, warns
+}
+
+// table builds the lookup table over the backends that are up. A Maglev
+// table's size comes from all configured backends, up or not: were it
+// taken from the healthy ones, a backend going down would change the size
+// and move most flows instead of about that backend's share.
+func table(v VIP) ([]netip.AddrPort, error) {
+	var up []Backend
+	total, upTotal := 0, 0
+	for _, b := range v.Backends {
+		total += b.Weight
+		if b.Up {
+			up = append(up, b)
+			upTotal += b.Weight
+		}
+	}
+	if len(up) == 0 {
+		return nil, nil
+	}
+	if v.Scheduler == nft.RoundRobin {
+		return roundRobin(up, upTotal), nil
+	}
+	mb := make([]maglev.Backend, len(up))
+	for i, b := range up {
+		mb[i] = maglev.Backend{ID: b.Addr.String(), Weight: b.Weight}
+	}
+	idx, err := maglev.Build(mb, maglev.Size(total))
+	if err != nil {
+		return nil, fmt.Errorf("lookup table: %w", err)
+	}
+	out := make([]netip.AddrPort, len(idx))
+	for i, j := range idx {
+		out[i] = up[j].Addr
+	}
+	return out, nil
+}
+
+// roundRobin lays out total slots so that a counter walking them visits
+// each backend in proportion to its weight, spread out rather than in runs
+// (smooth weighted round robin, as nginx does).
+func roundRobin(up []Backend, total int) []netip.AddrPort {
+	cur := make([]int, len(up))
+	out := make([]netip.AddrPort, 0, total)
+	for range total {
+		best := 0
+		for i, b := range up {
+			cur[i] += b.Weight
+			if cur[i] > cur[best] {
+				best = i
+			}
+		}
+		cur[best] -= total
+		out = append(out, up[best].Addr)
+	}
+	return out
+}
