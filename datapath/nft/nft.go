@@ -281,7 +281,7 @@ func (t *Target) dump() (*dumped, error) {
 		}
 	}
 	for name := range setNames {
-		if strings.HasPrefix(name, "vip_") && !usedChains[strings.TrimSuffix(name, "_slots")] {
+		if chain, ok := strings.CutSuffix(name, "_slots"); ok && strings.HasPrefix(chain, "vip_") && !usedChains[chain] {
 			d.orphanSets = append(d.orphanSets, name)
 		}
 	}
@@ -396,4 +396,12 @@ func (t *Target) Delete(ctx context.Context) error {
 		return fmt.Errorf("nft: delete table inet %s: %w", TableName, err)
 	}
 	return nil
+}
+
+// Resync makes the next Set read the table back from the kernel (Dump,
+// diff, fix) instead of trusting what this target last wrote.
+func (t *Target) Resync() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.cur = nil
 }
