@@ -179,9 +179,9 @@ func Parse(data []byte, env []string) (*Config, error) {
 	if err := yaml.Unmarshal(data, &root); err != nil {
 		return nil, Errors{{Path: "(file)", Reason: err.Error()}}
 	}
-	if errs := unknownKeys(&root, reflect.TypeOf(Config{}), ""); len(errs) > 0 {
-		return nil, errs
-	}
+	// Unknown keys are reported together with every other problem, so
+	// that one run of validate lists all there is to fix.
+	errs := unknownKeys(&root, reflect.TypeOf(Config{}), "")
 	v := viper.New()
 	v.SetConfigType("yaml")
 	if err := v.ReadConfig(bytes.NewReader(data)); err != nil {
@@ -191,13 +191,12 @@ func Parse(data []byte, env []string) (*Config, error) {
 	var c Config
 	err := v.Unmarshal(&c, func(dc *mapstructure.DecoderConfig) {
 		dc.TagName = "yaml"
-		dc.ErrorUnused = true
 	})
 	if err != nil {
-		return nil, decodeErrors(err)
+		return nil, append(errs, decodeErrors(err)...)
 	}
 	c.setDefaults()
-	if errs := c.Validate(); len(errs) > 0 {
+	if errs = append(errs, c.Validate()...); len(errs) > 0 {
 		return nil, errs
 	}
 	return &c, nil
