@@ -11,6 +11,9 @@ import (
 	"portico.dev/appliance/control/health"
 )
 
+// DefaultResync is how often the daemon re-reads the kernel by default.
+const DefaultResync = 5 * time.Minute
+
 // HealthChecker runs the backends' health checks (control/health in
 // production).
 type HealthChecker interface {
@@ -27,7 +30,8 @@ type Daemon struct {
 	Reconciler *Reconciler
 	Health     HealthChecker
 	Log        *slog.Logger
-	// Resync is how often the kernel state is read back and repaired.
+	// Resync is how often the kernel state is read back and repaired;
+	// 0 means DefaultResync.
 	Resync time.Duration
 
 	mu      sync.Mutex
@@ -77,7 +81,11 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 	backoff := minBackoff
 	retry := time.NewTimer(0)
 	retry.Stop()
-	resync := time.NewTicker(d.Resync)
+	every := d.Resync
+	if every <= 0 {
+		every = DefaultResync
+	}
+	resync := time.NewTicker(every)
 	defer resync.Stop()
 
 	apply := func(why string) {

@@ -191,6 +191,7 @@ func Parse(data []byte, env []string) (*Config, error) {
 	var c Config
 	err := v.Unmarshal(&c, func(dc *mapstructure.DecoderConfig) {
 		dc.TagName = "yaml"
+		dc.DecodeHook = mapstructure.ComposeDecodeHookFunc(dc.DecodeHook, strictNumbers)
 	})
 	if err != nil {
 		return nil, append(errs, decodeErrors(err)...)
@@ -218,7 +219,7 @@ func Load(path string) (*Config, []byte, error) {
 // names become "_").
 func applyEnv(v *viper.Viper, env []string) {
 	keys := map[string]string{}
-	for _, k := range append(v.AllKeys(), scalarKeys(reflect.TypeOf(Config{}), "")...) {
+	for _, k := range scalarKeys(reflect.TypeOf(Config{}), "") {
 		keys["APPLIANCE_"+strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(k))] = k
 	}
 	for _, kv := range env {
@@ -248,6 +249,37 @@ func scalarKeys(t reflect.Type, prefix string) []string {
 		}
 	}
 	return out
+}
+
+// strictNumbers refuses what a loose decode would silently bend: a
+// negative or too large number for an unsigned field (an ASN of -1 would
+// become 4294967295), and a fraction for an integer field (port 80.5).
+func strictNumbers(from, to reflect.Type, data any) (any, error) {
+	isInt := func(k reflect.Kind) bool { return k >= reflect.Int && k <= reflect.Int64 }
+	isUint := func(k reflect.Kind) bool { return k >= reflect.Uint && k <= reflect.Uint64 }
+	if !isInt(to.Kind()) && !isUint(to.Kind()) {
+		return data, nil
+	}
+	v := reflect.ValueOf(data)
+	switch {
+	case v.CanFloat():
+		f := v.Float()
+		if f != float64(int64(f)) {
+			return nil, fmt.Errorf("%v is not a whole number", data)
+		}
+		if isUint(to.Kind()) && (f < 0 || reflect.New(to).Elem().OverflowUint(uint64(f))) {
+			return nil, fmt.Errorf("%v is out of range for %s", data, to)
+		}
+	case v.CanInt() && isUint(to.Kind()):
+		if n := v.Int(); n < 0 || reflect.New(to).Elem().OverflowUint(uint64(n)) {
+			return nil, fmt.Errorf("%v is out of range for %s", data, to)
+		}
+	case v.CanUint() && isUint(to.Kind()):
+		if reflect.New(to).Elem().OverflowUint(v.Uint()) {
+			return nil, fmt.Errorf("%v is out of range for %s", data, to)
+		}
+	}
+	return data, nil
 }
 
 // unknownKeys walks the YAML tree beside the Go type and reports every

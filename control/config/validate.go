@@ -104,7 +104,7 @@ func (c *Config) Validate() Errors {
 		if v.Scheduler != "maglev" && v.Scheduler != "round-robin" {
 			bad(p+".scheduler", "must be maglev or round-robin, not %q", v.Scheduler)
 		}
-		if err == nil {
+		if err == nil && v.Port >= 1 && v.Port <= 65535 {
 			k := fmt.Sprintf("%s/%s", netip.AddrPortFrom(addr, uint16(v.Port)), v.Protocol)
 			if other := keys[k]; other != "" {
 				bad(p, "%s is already served by %s", k, other)
@@ -119,14 +119,15 @@ func (c *Config) Validate() Errors {
 		for j, b := range v.Backends {
 			bp := fmt.Sprintf("%s.backends[%d]", p, j)
 			ap, perr := netip.ParseAddrPort(b.Address)
+			ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 			switch {
 			case perr != nil:
 				bad(bp+".address", "not address:port ([v6]:port for IPv6): %q", b.Address)
 			case ap.Port() == 0:
 				bad(bp+".address", "port must be 1..65535, not 0")
-			case err == nil && ap.Addr().Unmap() == addr:
+			case err == nil && ap.Addr() == addr:
 				bad(bp+".address", "is the VIP itself")
-			case err == nil && ap.Addr().Unmap().Is4() != addr.Is4():
+			case err == nil && ap.Addr().Is4() != addr.Is4():
 				bad(bp+".address", "%s is not of the VIP's address family", ap.Addr())
 			case ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() || ap.Addr().Zone() != "":
 				bad(bp+".address", "%s cannot be a backend", ap.Addr())
@@ -135,8 +136,8 @@ func (c *Config) Validate() Errors {
 			default:
 				seen[ap] = bp
 			}
-			if w := *b.Weight; w < 1 || w > 1000 {
-				bad(bp+".weight", "must be 1..1000, not %d", w)
+			if b.Weight != nil && (*b.Weight < 1 || *b.Weight > 1000) {
+				bad(bp+".weight", "must be 1..1000, not %d", *b.Weight)
 			}
 		}
 	}
