@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -41,9 +42,17 @@ type Target struct {
 // batch must fit the socket's send buffer.
 const maxBatch = 1500
 
+// sendBuffer is the netlink socket's send buffer. A batch is one sendmsg,
+// and it is cut only after a whole service, so the buffer must hold the
+// largest service change: all 65521 slots of an IPv6 VIP replaced, with as
+// many backends, is about 11 MiB. The default (net.core.wmem_default) is
+// 208 KiB, and SO_SNDBUF is capped by net.core.wmem_max; SO_SNDBUFFORCE is
+// not, and needs CAP_NET_ADMIN, which nftables needs anyway.
+const sendBuffer = 16 << 20
+
 // New opens a netlink connection to nftables. It changes nothing.
 func New(opt Options) (*Target, error) {
-	opts := []nftables.ConnOption{nftables.AsLasting()}
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(forceSendBuffer)}
 	if opt.NetNS != 0 {
 		opts = append(opts, nftables.WithNetNSFd(opt.NetNS))
 	}
@@ -56,6 +65,24 @@ func New(opt Options) (*Target, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Target{conn: c, o: newObjects(), log: log, netns: opt.NetNS}, nil
+}
+
+func forceSendBuffer(c *netlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("set send buffer: %w", serr)
+	}
+	return nil
 }
 
 // Close releases the netlink connection; the kernel keeps the table.
@@ -142,8 +169,16 @@ func (t *Target) adopt(ctx context.Context) error {
 
 // run sends a plan in batches, each cut after a whole service.
 func (t *Target) run(ctx context.Context, p *plan) error {
-	size := 0
+	size := 0 // attributes queued on the connection
 	for i, s := range p.steps {
+		// ctx is checked only while nothing is queued: a batch once begun
+		// is always sent, or its messages would stay on the connection and
+		// go out with the next call's first batch, unseen by its plan.
+		if size == 0 {
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("nft: %w", err)
+			}
+		}
 		if s.raw != nil {
 			if err := t.conn.Flush(); err != nil {
 				return fmt.Errorf("nft: batch before %q: %w", s.text, err)
@@ -155,6 +190,7 @@ func (t *Target) run(ctx context.Context, p *plan) error {
 			if err != nil {
 				return fmt.Errorf("nft: %s: %w", s.text, err)
 			}
+			size = 0
 			continue
 		}
 		if err := s.apply(t.conn); err != nil {
@@ -162,9 +198,6 @@ func (t *Target) run(ctx context.Context, p *plan) error {
 		}
 		size += s.size
 		if (size >= maxBatch && s.service) || i == len(p.steps)-1 {
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("nft: %w", err)
-			}
 			if err := t.conn.Flush(); err != nil {
 				return fmt.Errorf("nft: batch ending with %q: %w", s.text, err)
 			}
@@ -232,7 +265,7 @@ func (t *Target) dump() (*dumped, error) {
 		if setNames[svc.Name] == nil {
 			continue
 		}
-		elems, err := t.conn.GetSetElements(svc)
+		elems, err := t.elements(svc)
 		if err != nil {
 			return nil, fmt.Errorf("nft: list map %s: %w", svc.Name, err)
 		}
@@ -249,11 +282,30 @@ func (t *Target) dump() (*dumped, error) {
 			usedChains[k.chainName()] = true
 		}
 	}
+	for _, set := range []*nftables.Set{t.o.vipCounters4, t.o.vipCounters6} {
+		if setNames[set.Name] == nil {
+			continue
+		}
+		elems, err := t.elements(set)
+		if err != nil {
+			return nil, fmt.Errorf("nft: list set %s: %w", set.Name, err)
+		}
+		for _, e := range elems {
+			k, err := decodeServiceKey(e.Key, set == t.o.vipCounters6)
+			if err != nil {
+				return nil, fmt.Errorf("nft: set %s: %w", set.Name, err)
+			}
+			if _, ok := d.services[k]; !ok {
+				// A counter whose VIP is gone: adopt deletes it.
+				d.orphanCounters = append(d.orphanCounters, orphanCounter{set, e.Key})
+			}
+		}
+	}
 	for _, set := range []*nftables.Set{t.o.backendCounters4, t.o.backendCounters6} {
 		if setNames[set.Name] == nil {
 			continue
 		}
-		elems, err := t.conn.GetSetElements(set)
+		elems, err := t.elements(set)
 		if err != nil {
 			return nil, fmt.Errorf("nft: list set %s: %w", set.Name, err)
 		}
@@ -290,6 +342,36 @@ func (t *Target) dump() (*dumped, error) {
 	return d, nil
 }
 
+// maxReads bounds how often elements reads a set that keeps coming back
+// inconsistent.
+const maxReads = 10
+
+// elements lists the elements of a set. The kernel sends a big set in
+// parts, each walking the hash table from its start and skipping as many
+// elements as the parts before sent. When the table is resized between two
+// parts, which the kernel does in the background after big changes, the
+// order changes: the dump repeats some elements and leaves out as many. A
+// repeated key shows it, and the set is read again.
+func (t *Target) elements(set *nftables.Set) ([]nftables.SetElement, error) {
+	for range maxReads {
+		elems, err := t.conn.GetSetElements(set)
+		if err != nil {
+			return nil, err
+		}
+		seen := make(map[string]bool, len(elems))
+		for _, e := range elems {
+			if seen[string(e.Key)] {
+				break
+			}
+			seen[string(e.Key)] = true
+		}
+		if len(seen) == len(elems) {
+			return elems, nil
+		}
+	}
+	return nil, fmt.Errorf("%d reads repeated elements", maxReads)
+}
+
 // dumpService reads one VIP's chain rule and slot map.
 func (t *Target) dumpService(k Key, setNames map[string]*nftables.Set) (Service, error) {
 	s := Service{Key: k}
@@ -310,7 +392,7 @@ func (t *Target) dumpService(k Key, setNames map[string]*nftables.Set) (Service,
 		// rewrites the chain and the map.
 		return s, nil
 	}
-	elems, err := t.conn.GetSetElements(slots)
+	elems, err := t.elements(slots)
 	if err != nil {
 		return s, fmt.Errorf("nft: list map %s: %w", slots.Name, err)
 	}
@@ -348,7 +430,7 @@ type Counters struct {
 func (t *Target) Counters(ctx context.Context) (Counters, error) {
 	out := Counters{VIPs: map[Key]Counter{}, Backends: map[Key]map[netip.AddrPort]Counter{}}
 	for _, set := range []*nftables.Set{t.o.vipCounters4, t.o.vipCounters6} {
-		elems, err := t.conn.GetSetElements(set)
+		elems, err := t.elements(set)
 		if err != nil {
 			return out, fmt.Errorf("nft: list set %s: %w", set.Name, err)
 		}
@@ -361,7 +443,7 @@ func (t *Target) Counters(ctx context.Context) (Counters, error) {
 		}
 	}
 	for _, set := range []*nftables.Set{t.o.backendCounters4, t.o.backendCounters6} {
-		elems, err := t.conn.GetSetElements(set)
+		elems, err := t.elements(set)
 		if err != nil {
 			return out, fmt.Errorf("nft: list set %s: %w", set.Name, err)
 		}

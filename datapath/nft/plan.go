@@ -247,14 +247,8 @@ func setSlots(p *plan, slots *nftables.Set, old, want []netip.AddrPort) {
 			addText = append(addText, fmt.Sprintf("%d : %s . %d", i, w.Addr(), w.Port()))
 		}
 	}
-	if len(del) > 0 {
-		p.add(len(del), fmt.Sprintf("delete element inet %s %s { %s }", TableName, slots.Name, strings.Join(delText, ", ")),
-			func(c *nftables.Conn) error { return c.SetDeleteElements(slots, del) })
-	}
-	if len(add) > 0 {
-		p.add(len(add), fmt.Sprintf("add element inet %s %s { %s }", TableName, slots.Name, strings.Join(addText, ", ")),
-			func(c *nftables.Conn) error { return c.SetAddElements(slots, add) })
-	}
+	elementSteps(p, "delete", slots, del, delText)
+	elementSteps(p, "add", slots, add, addText)
 }
 
 // setBackendCounters adds the counters of new backends and removes those of
@@ -275,13 +269,28 @@ func setBackendCounters(p *plan, o *objects, k Key, old, want []netip.AddrPort) 
 			addText = append(addText, keyText(k)+" . "+backendText(b))
 		}
 	}
-	if len(del) > 0 {
-		p.add(len(del), fmt.Sprintf("delete element inet %s %s { %s }", TableName, set.Name, strings.Join(delText, ", ")),
-			func(c *nftables.Conn) error { return c.SetDeleteElements(set, del) })
+	elementSteps(p, "delete", set, del, delText)
+	elementSteps(p, "add", set, add, addText)
+}
+
+// maxElements bounds the elements of one netlink message. They travel nested
+// in one attribute, whose length field has 16 bits: a longer list wraps the
+// length around and the kernel silently takes only the head of the list.
+// 1024 elements of the largest kind (an IPv6 backend counter key) are 56 KiB.
+const maxElements = 1024
+
+// elementSteps adds the steps that add or delete (verb) elems, whose nft
+// texts are texts, in messages of at most maxElements.
+func elementSteps(p *plan, verb string, set *nftables.Set, elems []nftables.SetElement, texts []string) {
+	apply := (*nftables.Conn).SetAddElements
+	if verb == "delete" {
+		apply = (*nftables.Conn).SetDeleteElements
 	}
-	if len(add) > 0 {
-		p.add(len(add), fmt.Sprintf("add element inet %s %s { %s }", TableName, set.Name, strings.Join(addText, ", ")),
-			func(c *nftables.Conn) error { return c.SetAddElements(set, add) })
+	for i := 0; i < len(elems); i += maxElements {
+		j := min(i+maxElements, len(elems))
+		e := elems[i:j]
+		p.add(len(e), fmt.Sprintf("%s element inet %s %s { %s }", verb, TableName, set.Name, strings.Join(texts[i:j], ", ")),
+			func(c *nftables.Conn) error { return apply(c, set, e) })
 	}
 }
 

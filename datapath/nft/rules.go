@@ -2,6 +2,7 @@ package nft
 
 import (
 	"fmt"
+	"sync/atomic"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
@@ -51,11 +52,17 @@ type objects struct {
 	forward                            *nftables.Chain
 }
 
+// lastSetID numbers the sets this package makes; a batch that adds a set
+// refers to it by this ID. A set must have one before it reaches
+// google/nftables, which otherwise numbers it with a package variable that it
+// changes under a lock of each connection: a data race between two Targets.
+var lastSetID atomic.Uint32
+
 func newObjects() *objects {
 	t := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
 	prio := func(p nftables.ChainPriority) *nftables.ChainPriority { return &p }
 	accept := nftables.ChainPolicyAccept
-	return &objects{
+	o := &objects{
 		table: t,
 		services4: &nftables.Set{Table: t, Name: setServices4, IsMap: true, Concatenation: true,
 			KeyType: typeService4, DataType: nftables.TypeVerdict},
@@ -78,6 +85,10 @@ func newObjects() *objects {
 		forward: &nftables.Chain{Table: t, Name: chainFwd, Type: nftables.ChainTypeFilter,
 			Hooknum: nftables.ChainHookForward, Priority: prio(*nftables.ChainPriorityFilter), Policy: &accept},
 	}
+	for _, s := range []*nftables.Set{o.services4, o.services6, o.vipCounters4, o.vipCounters6, o.backendCounters4, o.backendCounters6} {
+		s.ID = lastSetID.Add(1)
+	}
+	return o
 }
 
 // dispatch is the base-chain rule "meta nfproto F daddr . l4proto . dport
@@ -127,7 +138,7 @@ func slotsSet(t *nftables.Table, k Key) *nftables.Set {
 	if k.Addr.Is6() {
 		data = typeBackend6
 	}
-	return &nftables.Set{Table: t, Name: k.chainName() + "_slots", IsMap: true,
+	return &nftables.Set{Table: t, Name: k.chainName() + "_slots", ID: lastSetID.Add(1), IsMap: true,
 		KeyType: nftables.TypeInteger, DataType: data, KeyByteOrder: binaryutil.NativeEndian}
 }
 
