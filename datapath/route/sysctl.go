@@ -1,6 +1,8 @@
 // Package route holds what the appliance sets in the kernel's routing
-// layer: the sysctls that forwarding and multipath need (and, with BGP,
-// the routes it learns).
+// layer: the sysctls that forwarding and multipath need, and, through
+// Target, the routes learned from BGP, installed as multipath (ECMP)
+// routes over the cluster nodes that announce them and marked with a
+// protocol of their own so that no other route is ever touched.
 package route
 
 import (

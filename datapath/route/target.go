@@ -1,0 +1,266 @@
+package route
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Options say where a Target puts its routes and how it marks them.
+type Options struct {
+	// NetNS is a descriptor of the network namespace; 0: the caller's own.
+	NetNS int
+	// Table is the routing table; 0: main.
+	Table int
+	// Protocol is the rtm_protocol that marks the routes of the target: it
+	// owns every route with it in Table, and no other. 0: unix.RTPROT_BGP.
+	Protocol int
+	// Log gets one debug record per route changed; nil: none.
+	Log *slog.Logger
+}
+
+// Target holds the routes learned from BGP in the kernel. It is meant to be
+// driven by one goroutine.
+type Target struct {
+	h     *netlink.Handle
+	table int
+	proto netlink.RouteProtocol
+	log   *slog.Logger
+	// have is what the kernel holds of ours as of the last Set; nil until
+	// read from the kernel.
+	have map[netip.Prefix][]NextHop
+}
+
+// NewTarget opens a netlink handle in the namespace of opt.NetNS.
+func NewTarget(opt Options) (*Target, error) {
+	if opt.Table == 0 {
+		opt.Table = unix.RT_TABLE_MAIN
+	}
+	if opt.Protocol == 0 {
+		opt.Protocol = unix.RTPROT_BGP
+	}
+	if opt.Table < 0 || int64(opt.Table) > math.MaxUint32 {
+		return nil, fmt.Errorf("route: table %d out of range", opt.Table)
+	}
+	// Protocols up to static belong to the kernel and the operator: owning
+	// them would delete their routes.
+	if opt.Protocol <= unix.RTPROT_STATIC || opt.Protocol > math.MaxUint8 {
+		return nil, fmt.Errorf("route: protocol %d: want a routing daemon's, %d to 255", opt.Protocol, unix.RTPROT_STATIC+1)
+	}
+	if opt.Log == nil {
+		opt.Log = slog.New(slog.DiscardHandler)
+	}
+	var h *netlink.Handle
+	var err error
+	if opt.NetNS != 0 {
+		h, err = netlink.NewHandleAt(netns.NsHandle(opt.NetNS))
+	} else {
+		h, err = netlink.NewHandle()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("route: open netlink: %w", err)
+	}
+	return &Target{h: h, table: opt.Table, proto: netlink.RouteProtocol(opt.Protocol), log: opt.Log}, nil
+}
+
+// Close releases the netlink handle; the routes stay.
+func (t *Target) Close() { t.h.Close() }
+
+// Resync makes the next Set read the kernel rather than trust what the
+// target applied last, for when something else may have changed our routes.
+func (t *Target) Resync() { t.have = nil }
+
+// Set makes the kernel hold exactly routes among the routes of our protocol
+// in our table. It adds the missing ones, replaces in one message those
+// whose next hops changed (packets never find the prefix missing; for IPv6
+// the kernel swaps in the first next hop and then appends the others, so
+// lookups may see only some of them for a moment), then deletes ours that
+// are not wanted. It never touches a route of another protocol: a prefix
+// held by one is reported and left to it.
+//
+// A route that is refused (invalid, on a prefix held by another protocol,
+// or with a next hop that is not on a connected network) is reported and
+// the others are still applied; whatever route of ours the kernel holds for
+// a refused prefix is left as it is. Set compares routes with what it
+// applied last, so calling it again with the same routes sends nothing;
+// the first call, and the first after Resync, read the kernel instead,
+// which adopts the routes of an earlier run. A change the kernel refused
+// is tried again by the next Set.
+func (t *Target) Set(ctx context.Context, routes []Route) error {
+	want, held, err := desired(routes)
+	errs := []error{err}
+	if t.have == nil {
+		have, err := t.read(ctx)
+		if err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		t.have = have
+	}
+	for _, c := range diff(t.have, want, held) {
+		if err := ctx.Err(); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		if err := t.apply(c); err != nil {
+			errs = append(errs, fmt.Errorf("route: %s %s: %w", c.op, c.route, err))
+			continue
+		}
+		t.log.Debug("route changed", "op", c.op, "route", c.route.String())
+		if c.op == opDelete {
+			delete(t.have, c.route.Prefix)
+		} else {
+			t.have[c.route.Prefix] = c.route.NextHops
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Dump reads the routes of our protocol in our table, sorted by prefix,
+// their next hops sorted by address.
+func (t *Target) Dump(ctx context.Context) ([]Route, error) {
+	have, err := t.read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Route, 0, len(have))
+	for p, hops := range have {
+		out = append(out, Route{p, hops})
+	}
+	slices.SortFunc(out, func(a, b Route) int { return a.Prefix.Compare(b.Prefix) })
+	return out, nil
+}
+
+func (t *Target) apply(c change) error {
+	r := &netlink.Route{Dst: ipNet(c.route.Prefix), Table: t.table, Protocol: t.proto}
+	if c.op == opDelete {
+		// By prefix and protocol only: it deletes our route whatever its
+		// next hops, all IPv6 siblings at once, and never another
+		// protocol's.
+		if err := t.h.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
+			return err
+		}
+		return nil
+	}
+	hops := c.route.NextHops
+	if len(hops) == 1 {
+		r.Gw = hops[0].Addr.AsSlice()
+	} else {
+		for _, nh := range hops {
+			r.MultiPath = append(r.MultiPath, &netlink.NexthopInfo{Gw: nh.Addr.AsSlice(), Hops: nh.Weight - 1})
+		}
+	}
+	var err error
+	if c.op == opAdd {
+		// Exclusive, so that a route of another protocol keeps its prefix:
+		// NLM_F_REPLACE takes over a route of any protocol. That is also
+		// why a replace is sent only for a prefix that Set knows is ours.
+		err = t.h.RouteAdd(r)
+	} else {
+		err = t.h.RouteReplace(r)
+	}
+	switch {
+	case errors.Is(err, unix.EEXIST):
+		if p := t.holder(c.route.Prefix); p != "" {
+			return fmt.Errorf("prefix held by a route of protocol %s: %w", p, err)
+		}
+	case errors.Is(err, unix.ENETUNREACH), errors.Is(err, unix.EHOSTUNREACH):
+		if off := t.offLink(hops); len(off) > 0 {
+			return fmt.Errorf("next hop %s not on a connected network: %w", strings.Join(off, ", "), err)
+		}
+	}
+	return err
+}
+
+// holder names the protocol of another route for p in our table, or "".
+func (t *Target) holder(p netip.Prefix) string {
+	filter := &netlink.Route{Dst: ipNet(p), Table: t.table}
+	list, err := t.h.RouteListFiltered(family(p.Addr()), filter, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		return ""
+	}
+	for _, r := range list {
+		if r.Protocol != t.proto {
+			return r.Protocol.String()
+		}
+	}
+	return ""
+}
+
+// offLink lists the next hops that the kernel does not reach directly: it
+// refuses a gateway that no connected route covers, without saying which.
+func (t *Target) offLink(hops []NextHop) []string {
+	var out []string
+	for _, nh := range hops {
+		rs, err := t.h.RouteGet(nh.Addr.AsSlice())
+		if err != nil || len(rs) == 0 || rs[0].Gw != nil {
+			out = append(out, nh.Addr.String())
+		}
+	}
+	return out
+}
+
+// read returns the next hops of each route of ours in the kernel. An IPv6
+// multipath route is a set of sibling routes in the kernel; current kernels
+// dump it as one message with RTA_MULTIPATH, older ones as one route per
+// sibling, which read merges.
+func (t *Target) read(ctx context.Context) (map[netip.Prefix][]NextHop, error) {
+	filter := &netlink.Route{Table: t.table, Protocol: t.proto}
+	var list []netlink.Route
+	var err error
+	// A dump is interrupted when routes change during it; try again then.
+	for range 5 {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		list, err = t.h.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("route: list table %d protocol %s: %w", t.table, t.proto, err)
+	}
+	have := map[netip.Prefix][]NextHop{}
+	for _, r := range list {
+		if r.Dst == nil {
+			continue // not IP: MPLS
+		}
+		dst, _ := netip.AddrFromSlice(r.Dst.IP)
+		ones, _ := r.Dst.Mask.Size()
+		p := netip.PrefixFrom(dst.Unmap(), ones)
+		hops := have[p]
+		if gw, ok := netip.AddrFromSlice(r.Gw); ok {
+			hops = append(hops, NextHop{gw.Unmap(), 1})
+		}
+		for _, nh := range r.MultiPath {
+			if gw, ok := netip.AddrFromSlice(nh.Gw); ok {
+				hops = append(hops, NextHop{gw.Unmap(), nh.Hops + 1})
+			}
+		}
+		have[p] = hops
+	}
+	for _, hops := range have {
+		slices.SortFunc(hops, func(a, b NextHop) int { return a.Addr.Compare(b.Addr) })
+	}
+	return have, nil
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
