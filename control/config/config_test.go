@@ -93,7 +93,7 @@ func TestParse(t *testing.T) {
 			want: []string{"vips[0].health.retries: unknown key"}},
 		{name: "unknown key in a pool", in: "pools: [{name: public, cidr: 203.0.113.0/24}]",
 			want: []string{"pools[0].cidr: unknown key"}},
-		{name: "unknown keys deep in bgp", in: "bgp: {graceful-restart: {enable: true}, peers: [{name: a, bfd: {enabled: true, min-rx: 1}}]}",
+		{name: "unknown keys deep in bgp", in: "bgp: {asn: 65000, router-id: 10.0.0.1, graceful-restart: {enable: true}, peers: [{name: a, address: 10.0.1.11, asn: 65001, role: node, bfd: {enabled: true, min-rx: 1}}]}",
 			want: []string{"bgp.graceful-restart.enable: unknown key", "bgp.peers[0].bfd.min-rx: unknown key"}},
 		{name: "unknown key in kubernetes clusters", in: "kubernetes: {clusters: [{name: prod, context: x}]}",
 			want: []string{"kubernetes.clusters[0].context: unknown key"}},

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -16,6 +17,22 @@ const (
 	DefaultRise       = 2
 	DefaultFall       = 3
 	DefaultHealthPath = "/"
+
+	DefaultListenPort    = 179
+	DefaultHoldTime      = 9 * time.Second
+	DefaultBFDInterval   = 300 * time.Millisecond
+	DefaultBFDMultiplier = 3
+	DefaultRestartTime   = 120 * time.Second
+)
+
+// Limits of the BGP keys.
+const (
+	keepaliveRatio  = 3 // keepalive ≤ hold-time/3, as RFC 4271 §10 suggests
+	minHoldTime     = 3 * time.Second
+	maxHoldTime     = 65535 * time.Second // 16 bits of seconds in OPEN
+	maxRestartTime  = 4095 * time.Second  // 12 bits of seconds in the GR capability
+	minBFDInterval  = 50 * time.Millisecond
+	maxTCPMD5KeyLen = 80 // TCP_MD5SIG_MAXKEYLEN in linux/tcp.h
 )
 
 func (c *Config) setDefaults() {
@@ -57,6 +74,39 @@ func (c *Config) setDefaults() {
 			}
 			if h.Type == "http" && h.Path == "" {
 				h.Path = DefaultHealthPath
+			}
+		}
+	}
+	c.BGP.setDefaults()
+}
+
+// setDefaults fills the BGP keys a file leaves out or sets to 0. A 0
+// hold-time therefore means 9s, not "no hold timer": the field cannot tell
+// an absent key from an explicit 0.
+func (b *BGP) setDefaults() {
+	if b.ListenPort == 0 {
+		b.ListenPort = DefaultListenPort
+	}
+	if b.GracefulRestart.Enabled && b.GracefulRestart.RestartTime == 0 {
+		b.GracefulRestart.RestartTime = DefaultRestartTime
+	}
+	for i := range b.Peers {
+		p := &b.Peers[i]
+		if p.HoldTime == 0 {
+			p.HoldTime = DefaultHoldTime
+		}
+		if p.Keepalive == 0 {
+			// A third of the hold time in whole seconds (3s for the
+			// default 9s), at least 1s even when the hold time is
+			// refused, so that only the hold time is reported.
+			p.Keepalive = max(time.Second, (p.HoldTime / keepaliveRatio).Truncate(time.Second))
+		}
+		if p.BFD.Enabled {
+			if p.BFD.Interval == 0 {
+				p.BFD.Interval = DefaultBFDInterval
+			}
+			if p.BFD.Multiplier == 0 {
+				p.BFD.Multiplier = DefaultBFDMultiplier
 			}
 		}
 	}
@@ -156,6 +206,7 @@ func (c *Config) Validate() Errors {
 			}
 		}
 	}
+	validateBGP(&c.BGP, bad)
 	if m := c.Management.Metrics; m != "" {
 		if _, err := netip.ParseAddrPort(m); err != nil {
 			bad("management.metrics", "not address:port: %q", m)
@@ -186,4 +237,158 @@ func validateHealth(p string, h *Health, bad func(string, string, ...any)) {
 	if h.Fall < 1 || h.Fall > 100 {
 		bad(p+".fall", "must be 1..100, not %d", h.Fall)
 	}
+}
+
+func validateBGP(b *BGP, bad func(string, string, ...any)) {
+	// Without peers the appliance runs no BGP, so asn and router-id may
+	// be left out; a router-id that is given is still checked.
+	if b.ASN == 0 && len(b.Peers) > 0 {
+		bad("bgp.asn", "required when peers are configured")
+	}
+	if b.RouterID == "" {
+		if len(b.Peers) > 0 {
+			bad("bgp.router-id", "required when peers are configured")
+		}
+	} else if id, err := netip.ParseAddr(b.RouterID); err != nil || !id.Is4() {
+		bad("bgp.router-id", "not an IPv4 address: %q", b.RouterID)
+	} else if id.IsUnspecified() {
+		bad("bgp.router-id", "must not be 0.0.0.0")
+	}
+	if b.ListenPort < 0 || b.ListenPort > 65535 {
+		bad("bgp.listen-port", "must be 0..65535, not %d", b.ListenPort)
+	}
+	if gr := b.GracefulRestart; gr.Enabled {
+		// The restart time travels in a 12-bit field of the
+		// graceful-restart capability (RFC 4724 §3).
+		checkSeconds("bgp.graceful-restart.restart-time", gr.RestartTime, time.Second, maxRestartTime, bad)
+	}
+	names := map[string]string{}
+	addrs := map[netip.Addr]string{}
+	for i := range b.Peers {
+		validatePeer(fmt.Sprintf("bgp.peers[%d]", i), &b.Peers[i], names, addrs, bad)
+	}
+}
+
+// validatePeer checks one peer; names and addrs hold the peers seen so far.
+func validatePeer(p string, peer *Peer, names map[string]string, addrs map[netip.Addr]string, bad func(string, string, ...any)) {
+	switch {
+	case peer.Name == "":
+		bad(p+".name", "required")
+	case names[peer.Name] != "":
+		bad(p+".name", "%q is already the name of %s", peer.Name, names[peer.Name])
+	default:
+		names[peer.Name] = p
+	}
+	addr, err := netip.ParseAddr(peer.Address)
+	switch {
+	case err != nil:
+		bad(p+".address", "not an IP address: %q", peer.Address)
+	case addr.Zone() != "":
+		bad(p+".address", "%s has a zone, which is not supported yet; use a global or unique-local address", addr)
+	case addr.Is6() && addr.IsLinkLocalUnicast():
+		bad(p+".address", "%s is link-local and would need a zone, which is not supported yet; use a global or unique-local address", addr)
+	case addr.IsUnspecified() || addr.IsMulticast() || addr.Is4In6() || addr == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		bad(p+".address", "%s cannot be a peer (unspecified, multicast, broadcast or v4-mapped)", addr)
+	case addrs[addr] != "":
+		bad(p+".address", "%s is already the address of %s", addr, addrs[addr])
+	default:
+		addrs[addr] = p
+	}
+	if peer.ASN == 0 {
+		bad(p+".asn", "required")
+	}
+	switch peer.Role {
+	case "node", "upstream":
+	case "":
+		bad(p+".role", "required (node or upstream)")
+	default:
+		bad(p+".role", "must be node or upstream, not %q", peer.Role)
+	}
+	if n := len(peer.Password); n > maxTCPMD5KeyLen {
+		bad(p+".password", "must be at most %d bytes (the TCP MD5 key limit), not %d", maxTCPMD5KeyLen, n)
+	}
+	if peer.Multihop < 0 || peer.Multihop > 255 {
+		bad(p+".multihop", "must be 0..255, not %d", peer.Multihop)
+	}
+	// The hold time is a 16-bit count of seconds in the OPEN message,
+	// and 1s and 2s are not allowed (RFC 4271 §4.2).
+	holdOK := checkSeconds(p+".hold-time", peer.HoldTime, minHoldTime, maxHoldTime, bad)
+	keepaliveOK := checkSeconds(p+".keepalive", peer.Keepalive, time.Second, maxHoldTime, bad)
+	if holdOK && keepaliveOK && peer.Keepalive*keepaliveRatio > peer.HoldTime {
+		bad(p+".keepalive", "must be at most a third of hold-time %ds, not %ds", peer.HoldTime/time.Second, peer.Keepalive/time.Second)
+	}
+	if bfd := peer.BFD; bfd.Enabled {
+		if bfd.Interval < minBFDInterval {
+			bad(p+".bfd.interval", "must be at least 50ms, not %s", bfd.Interval)
+		}
+		if bfd.Multiplier < 1 || bfd.Multiplier > 255 {
+			bad(p+".bfd.multiplier", "must be 1..255, not %d", bfd.Multiplier)
+		}
+	}
+	// accept and max-prefixes filter what a node announces; communities
+	// go on what the appliance announces to an upstream. Checked against
+	// the role only when the role itself is valid.
+	switch {
+	case peer.Role == "upstream" && len(peer.Accept) > 0:
+		bad(p+".accept", "only for role node")
+	default:
+		for j, a := range peer.Accept {
+			if pfx, err := netip.ParsePrefix(a); err != nil || pfx.Masked() != pfx {
+				bad(fmt.Sprintf("%s.accept[%d]", p, j), "not a network prefix (address bits past the length must be zero): %q", a)
+			}
+		}
+	}
+	switch {
+	case peer.MaxPrefixes < 0:
+		bad(p+".max-prefixes", "must be 0 (no limit) or more, not %d", peer.MaxPrefixes)
+	case peer.Role == "upstream" && peer.MaxPrefixes > 0:
+		bad(p+".max-prefixes", "only for role node")
+	}
+	switch {
+	case peer.Role == "node" && len(peer.Communities) > 0:
+		bad(p+".communities", "only for role upstream")
+	default:
+		for j, c := range peer.Communities {
+			if !isCommunity(c) {
+				bad(fmt.Sprintf("%s.communities[%d]", p, j), "not a community (ASN:VALUE, each 0..65535) or large community (A:B:C, each 0..4294967295): %q", c)
+			}
+		}
+	}
+}
+
+// checkSeconds reports d unless it is a whole number of seconds within
+// lo..hi, and says whether it is: BGP carries these times in seconds, so a
+// fraction would be dropped silently further down.
+func checkSeconds(path string, d, lo, hi time.Duration, bad func(string, string, ...any)) bool {
+	switch {
+	case d%time.Second != 0:
+		bad(path, "must be a whole number of seconds, not %s", d)
+	case d < lo || d > hi:
+		bad(path, "must be %ds..%ds, not %ds", lo/time.Second, hi/time.Second, d/time.Second)
+	default:
+		return true
+	}
+	return false
+}
+
+// isCommunity reports whether s is a standard community (RFC 1997,
+// "65000:100") or a large community (RFC 8092, "4200000000:1:2").
+func isCommunity(s string) bool {
+	parts := strings.Split(s, ":")
+	bits := 0
+	switch len(parts) {
+	case 2:
+		bits = 16
+	case 3:
+		bits = 32
+	default:
+		return false
+	}
+	for _, part := range parts {
+		// ParseUint refuses signs, spaces and empty parts.
+		if _, err := strconv.ParseUint(part, 10, bits); err != nil {
+			return false
+		}
+	}
+	return true
 }
