@@ -50,37 +50,54 @@ const maxBatch = 1500
 // not, and needs CAP_NET_ADMIN, which nftables needs anyway.
 const sendBuffer = 16 << 20
 
+// recvBuffer is the receive buffer: the kernel queues one ack for every
+// message of a batch before any is read, and a batch of deletions (one
+// message each) overflows the 208 KiB default with ENOBUFS.
+const recvBuffer = 16 << 20
+
 // New opens a netlink connection to nftables. It changes nothing.
 func New(opt Options) (*Target, error) {
-	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(forceSendBuffer)}
-	if opt.NetNS != 0 {
-		opts = append(opts, nftables.WithNetNSFd(opt.NetNS))
-	}
-	c, err := nftables.New(opts...)
-	if err != nil {
-		return nil, fmt.Errorf("nft: open netlink: %w", err)
-	}
 	log := opt.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Target{conn: c, o: newObjects(), log: log, netns: opt.NetNS}, nil
+	t := &Target{o: newObjects(), log: log, netns: opt.NetNS}
+	if err := t.dial(); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
-func forceSendBuffer(c *netlink.Conn) error {
+// dial opens the lasting netlink connection.
+func (t *Target) dial() error {
+	opts := []nftables.ConnOption{nftables.AsLasting(), nftables.WithSockOptions(forceBuffers)}
+	if t.netns != 0 {
+		opts = append(opts, nftables.WithNetNSFd(t.netns))
+	}
+	c, err := nftables.New(opts...)
+	if err != nil {
+		return fmt.Errorf("nft: open netlink: %w", err)
+	}
+	t.conn = c
+	return nil
+}
+
+func forceBuffers(c *netlink.Conn) error {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return err
 	}
 	var serr error
 	err = rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer)
+		serr = errors.Join(
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBuffer),
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, recvBuffer))
 	})
 	if err != nil {
 		return err
 	}
 	if serr != nil {
-		return fmt.Errorf("set send buffer: %w", serr)
+		return fmt.Errorf("set socket buffers: %w", serr)
 	}
 	return nil
 }
@@ -114,6 +131,12 @@ func (t *Target) Set(ctx context.Context, services []Service) error {
 		// failed, or someone edited the table): read it back and retry once.
 		t.log.Warn("nft: set failed, resyncing from the kernel", "err", err)
 		t.cur = nil
+		// Unread replies of the failed batch would stay on the connection
+		// and answer the next request: start on a new one.
+		_ = t.conn.CloseLasting()
+		if derr := t.dial(); derr != nil {
+			return errors.Join(err, derr)
+		}
 		err = t.set(ctx, want)
 	}
 	return err
