@@ -1,14 +1,17 @@
 package control
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"slices"
 
+	"portico.dev/appliance/control/bgp"
 	"portico.dev/appliance/control/config"
 	"portico.dev/appliance/control/health"
 	"portico.dev/appliance/control/maglev"
 	"portico.dev/appliance/datapath/nft"
+	"portico.dev/appliance/datapath/route"
 )
 
 // Inputs are everything compile reads.
@@ -18,6 +21,9 @@ type Inputs struct {
 	// backend missing here is taken as up: a new backend gets traffic
 	// until its check says otherwise, as on other load balancers.
 	Health map[string]bool
+	// Learned are the routes node peers announce, as the BGP speaker
+	// accepted them.
+	Learned []bgp.Learned
 }
 
 // Warning is something compile refused or wants an operator to know.
@@ -72,7 +78,61 @@ func Compile(in Inputs) (Desired, []Warning) {
 		d.VIPs = append(d.VIPs, v)
 	}
 	slices.SortFunc(d.VIPs, func(a, b VIP) int { return a.Key.Compare(b.Key) })
+	d.BGP, warns = compileBGP(in.Config.BGP, d, warns)
+	for _, l := range in.Learned {
+		r := route.Route{Prefix: l.Prefix}
+		for _, nh := range l.NextHops {
+			r.NextHops = append(r.NextHops, route.NextHop{Addr: nh, Weight: 1})
+		}
+		d.Routes = append(d.Routes, r)
+	}
+	slices.SortFunc(d.Routes, func(a, b route.Route) int {
+		return cmp.Or(a.Prefix.Addr().Compare(b.Prefix.Addr()), cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()))
+	})
 	return d, warns
+}
+
+// compileBGP maps the bgp section onto the speaker's configuration, and
+// advertises every VIP address that has a backend up, so that upstream
+// routers stop sending traffic the appliance cannot serve.
+func compileBGP(c config.BGP, d Desired, warns []Warning) (bgp.Config, []Warning) {
+	var out bgp.Config
+	if c.ASN == 0 {
+		return out, warns
+	}
+	out.Global = bgp.Global{ASN: c.ASN, RouterID: netip.MustParseAddr(c.RouterID), ListenPort: c.ListenPort}
+	if c.GracefulRestart.Enabled {
+		warns = append(warns, Warning{"bgp.graceful-restart", "not active in this release: sessions do not negotiate graceful restart"})
+	}
+	for i, p := range c.Peers {
+		peer := bgp.Peer{
+			Name: p.Name, Address: netip.MustParseAddr(p.Address), ASN: p.ASN, Password: p.Password,
+			Multihop: p.Multihop, HoldTime: p.HoldTime, Keepalive: p.Keepalive,
+			MaxPrefixes: p.MaxPrefixes, Communities: p.Communities, Role: bgp.Node,
+		}
+		if p.Role == "upstream" {
+			peer.Role = bgp.Upstream
+		}
+		for _, a := range p.Accept {
+			peer.Accept = append(peer.Accept, netip.MustParsePrefix(a))
+		}
+		if p.BFD.Enabled {
+			warns = append(warns, Warning{fmt.Sprintf("bgp.peers[%d].bfd", i), "not active in this release: the session is not protected by BFD"})
+		}
+		out.Peers = append(out.Peers, peer)
+	}
+	up := map[netip.Addr]bool{}
+	for _, v := range d.VIPs {
+		if len(v.Slots) > 0 {
+			up[v.Key.Addr] = true
+		}
+	}
+	for _, a := range d.Addresses() {
+		if up[a] {
+			out.Advertisements = append(out.Advertisements, bgp.Advertisement{Prefix: netip.PrefixFrom(a, a.BitLen())})
+		}
+	}
+	return out, warns
 }
 
 // table builds the lookup table over the backends that are up. A Maglev

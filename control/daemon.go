@@ -4,11 +4,14 @@ import (
 	"context"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"sync"
 	"time"
 
+	"portico.dev/appliance/control/bgp"
 	"portico.dev/appliance/control/config"
 	"portico.dev/appliance/control/health"
+	"portico.dev/appliance/datapath/route"
 )
 
 // DefaultResync is how often the daemon re-reads the kernel by default.
@@ -34,9 +37,32 @@ type Daemon struct {
 	// 0 means DefaultResync.
 	Resync time.Duration
 
+	// Learned reads the routes the BGP speaker accepts now; nil on an
+	// appliance without BGP.
+	Learned func() []bgp.Learned
+	// StaleRoutes are the routes the last run installed. For StaleFor
+	// after start each of them stays while no node announces its prefix
+	// again, so that a daemon restart does not pull routes from the kernel
+	// while the BGP sessions come back.
+	StaleRoutes []route.Route
+	StaleFor    time.Duration
+
 	mu      sync.Mutex
 	pending []health.Event
+	learned bool // the speaker said its routes changed
 	wake    chan struct{}
+}
+
+// RoutesChanged tells Run that the BGP speaker's routes or sessions
+// changed. It never blocks.
+func (d *Daemon) RoutesChanged() {
+	d.mu.Lock()
+	d.learned = true
+	d.mu.Unlock()
+	select {
+	case d.wakeChan() <- struct{}{}:
+	default:
+	}
 }
 
 // Notify queues a health event for Run. It never blocks, so the health
@@ -60,12 +86,39 @@ func (d *Daemon) wakeChan() chan struct{} {
 	return d.wake
 }
 
-func (d *Daemon) takeEvents() []health.Event {
+func (d *Daemon) takeEvents() ([]health.Event, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	evs := d.pending
-	d.pending = nil
-	return evs
+	evs, learned := d.pending, d.learned
+	d.pending, d.learned = nil, false
+	return evs, learned
+}
+
+// learnedRoutes is what the speaker accepts now, plus, while stale is
+// true, the last run's routes for prefixes no node has announced again.
+func (d *Daemon) learnedRoutes(stale bool) []bgp.Learned {
+	var out []bgp.Learned
+	if d.Learned != nil {
+		out = d.Learned()
+	}
+	if !stale {
+		return out
+	}
+	live := map[netip.Prefix]bool{}
+	for _, l := range out {
+		live[l.Prefix] = true
+	}
+	for _, r := range d.StaleRoutes {
+		if live[r.Prefix] {
+			continue
+		}
+		l := bgp.Learned{Prefix: r.Prefix}
+		for _, nh := range r.NextHops {
+			l.NextHops = append(l.NextHops, nh.Addr)
+		}
+		out = append(out, l)
+	}
+	return out
 }
 
 // Run applies cfg, then serves until ctx ends: new configurations from
@@ -88,8 +141,11 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 	resync := time.NewTicker(every)
 	defer resync.Stop()
 
+	stale := len(d.StaleRoutes) > 0 && d.StaleFor > 0
+	staleEnd := time.NewTimer(d.StaleFor)
+	defer staleEnd.Stop()
 	apply := func(why string) {
-		want, warns := Compile(Inputs{Config: cfg, Health: state})
+		want, warns := Compile(Inputs{Config: cfg, Health: state, Learned: d.learnedRoutes(stale)})
 		for _, w := range warns {
 			d.Log.Warn("compile", "path", w.Path, "msg", w.Message)
 		}
@@ -112,8 +168,8 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 			cfg = c
 			apply("reload")
 		case <-d.wakeChan():
-			changed := false
-			for _, ev := range d.takeEvents() {
+			evs, changed := d.takeEvents()
+			for _, ev := range evs {
 				d.Log.Info("backend health", "backend", ev.ID, "up", ev.Up, "reason", ev.Reason)
 				if up, known := state[ev.ID]; known && up != ev.Up {
 					state[ev.ID] = ev.Up
@@ -122,6 +178,11 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 			}
 			if changed {
 				apply("health")
+			}
+		case <-staleEnd.C:
+			if stale {
+				stale = false
+				apply("stale routes expired")
 			}
 		case <-retry.C:
 			apply("retry")

@@ -212,7 +212,7 @@ func (h *fakeHealth) last() (n int, targets []health.Target) {
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 func newReconciler(w *world) *control.Reconciler {
-	return control.NewReconciler(fakeL4{w}, fakeAddrs{w}, fakeStore{w}, discard())
+	return control.NewReconciler(control.Targets{L4: fakeL4{w}, Addresses: fakeAddrs{w}}, fakeStore{w}, discard())
 }
 
 // parse parses a configuration that must be valid.

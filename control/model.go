@@ -9,8 +9,10 @@ import (
 	"net/netip"
 	"slices"
 
+	"portico.dev/appliance/control/bgp"
 	"portico.dev/appliance/control/health"
 	"portico.dev/appliance/datapath/nft"
+	"portico.dev/appliance/datapath/route"
 )
 
 // Desired is everything the datapath should hold. It is a value: compile
@@ -18,6 +20,11 @@ import (
 type Desired struct {
 	// VIPs sorted by key.
 	VIPs []VIP `json:"vips"`
+	// Routes are the kernel routes learned from node peers, sorted by
+	// prefix: one next hop per node.
+	Routes []route.Route `json:"routes,omitempty"`
+	// BGP is the speaker's peers and what it announces upstream.
+	BGP bgp.Config `json:"bgp"`
 }
 
 // VIP is one L4 service with its backends and lookup table.

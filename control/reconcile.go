@@ -9,7 +9,9 @@ import (
 	"reflect"
 	"slices"
 
+	"portico.dev/appliance/control/bgp"
 	"portico.dev/appliance/datapath/nft"
+	"portico.dev/appliance/datapath/route"
 )
 
 // L4Target is the L4 datapath (datapath/nft in production).
@@ -32,6 +34,34 @@ type AddressTarget interface {
 	Set(ctx context.Context, addrs []netip.Addr) error
 }
 
+// RouteTarget holds the routes learned from node peers in the kernel
+// (datapath/route in production).
+type RouteTarget interface {
+	// Set makes the kernel hold exactly these routes among those the
+	// target owns, replacing a changed route in place; it never touches
+	// routes it does not own. Idempotent.
+	Set(ctx context.Context, routes []route.Route) error
+	// Resync makes the next Set start from what the kernel holds.
+	Resync()
+}
+
+// BGPTarget is the BGP speaker (control/bgp in production).
+type BGPTarget interface {
+	// Set makes the speaker's peers and advertisements match c without
+	// resetting sessions whose settings did not change. Idempotent; an
+	// invalid c is refused whole.
+	Set(ctx context.Context, c bgp.Config) error
+}
+
+// Targets are what a reconciler drives. Routes and BGP may be nil on an
+// appliance that does no routing (and in tests of the L4 part).
+type Targets struct {
+	L4        L4Target
+	Addresses AddressTarget
+	Routes    RouteTarget
+	BGP       BGPTarget
+}
+
 // AppliedStore keeps the last applied Desired across restarts.
 type AppliedStore interface {
 	// SaveApplied replaces the stored state; durable when it returns.
@@ -41,46 +71,52 @@ type AppliedStore interface {
 // Reconciler owns the current Desired and makes the targets match it. It
 // is not safe for concurrent use: one goroutine (the daemon's) drives it.
 type Reconciler struct {
-	l4    L4Target
-	addrs AddressTarget
+	t     Targets
 	store AppliedStore
 	log   *slog.Logger
 	cur   *Desired
 }
 
 // NewReconciler wires a reconciler to its targets.
-func NewReconciler(l4 L4Target, addrs AddressTarget, store AppliedStore, log *slog.Logger) *Reconciler {
-	return &Reconciler{l4: l4, addrs: addrs, store: store, log: log}
+func NewReconciler(t Targets, store AppliedStore, log *slog.Logger) *Reconciler {
+	return &Reconciler{t: t, store: store, log: log}
 }
 
 // Current is the last Desired applied in full, nil before the first.
 func (r *Reconciler) Current() *Desired { return r.cur }
 
 // Apply makes the targets hold d. A Desired equal to the current one
-// changes nothing. VIP addresses are added before the services that use
-// them and removed after, so no packet finds a service without its
-// address. Once every target holds d, d is saved as the last applied
-// state. On error the current Desired stays as it was and Apply may be
-// called again with the same d.
+// changes nothing. The order keeps traffic flowing: VIP addresses are added
+// before the services that use them and removed after; a VIP is withdrawn
+// from upstream routers before its datapath goes and announced only once
+// its datapath is in place. Once every target holds d, d is saved as the
+// last applied state. On error the current Desired stays as it was and
+// Apply may be called again with the same d.
 func (r *Reconciler) Apply(ctx context.Context, d Desired) error {
 	if r.cur != nil && reflect.DeepEqual(*r.cur, d) {
 		return nil
 	}
 	want := d.Addresses()
 	all := want
+	withdrawFirst := d.BGP
 	if r.cur != nil {
 		all = slices.Concat(want, r.cur.Addresses())
 		slices.SortFunc(all, netip.Addr.Compare)
 		all = slices.Compact(all)
+		withdrawFirst.Advertisements = common(r.cur.BGP.Advertisements, d.BGP.Advertisements)
 	}
-	if err := r.addrs.Set(ctx, all); err != nil {
-		return fmt.Errorf("reconcile: %w", err)
+	steps := []func() error{
+		func() error { return r.t.Addresses.Set(ctx, all) },
+		func() error { return r.bgp(ctx, withdrawFirst) },
+		func() error { return r.t.L4.Set(ctx, d.Services()) },
+		func() error { return r.routes(ctx, d.Routes) },
+		func() error { return r.bgp(ctx, d.BGP) },
+		func() error { return r.t.Addresses.Set(ctx, want) },
 	}
-	if err := r.l4.Set(ctx, d.Services()); err != nil {
-		return fmt.Errorf("reconcile: %w", err)
-	}
-	if err := r.addrs.Set(ctx, want); err != nil {
-		return fmt.Errorf("reconcile: %w", err)
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return fmt.Errorf("reconcile: %w", err)
+		}
 	}
 	data, err := json.Marshal(d)
 	if err != nil {
@@ -94,10 +130,38 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) error {
 	return nil
 }
 
+func (r *Reconciler) bgp(ctx context.Context, c bgp.Config) error {
+	if r.t.BGP == nil {
+		return nil
+	}
+	return r.t.BGP.Set(ctx, c)
+}
+
+func (r *Reconciler) routes(ctx context.Context, routes []route.Route) error {
+	if r.t.Routes == nil {
+		return nil
+	}
+	return r.t.Routes.Set(ctx, routes)
+}
+
+// common lists the advertisements in both a and b, in a's order.
+func common(a, b []bgp.Advertisement) []bgp.Advertisement {
+	var out []bgp.Advertisement
+	for _, x := range a {
+		if slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
 // Resync makes the next Apply rewrite every target from what the kernel
 // holds, even if the Desired has not changed.
 func (r *Reconciler) Resync() {
-	r.l4.Resync()
+	r.t.L4.Resync()
+	if r.t.Routes != nil {
+		r.t.Routes.Resync()
+	}
 	r.cur = nil
 }
 

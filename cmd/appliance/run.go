@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 	"portico.dev/appliance/configs"
 	"portico.dev/appliance/control"
+	"portico.dev/appliance/control/bgp"
 	"portico.dev/appliance/control/config"
 	"portico.dev/appliance/control/health"
 	"portico.dev/appliance/datapath/addr"
@@ -79,11 +80,31 @@ func run(ctx context.Context, log *slog.Logger, path string, cfg *config.Config,
 	}
 	defer addrs.Close()
 
-	rec := control.NewReconciler(l4, addrs, st, log.With("component", "reconcile"))
+	routes, err := route.NewTarget(route.Options{Log: log.With("component", "route")})
+	if err != nil {
+		return err
+	}
+	defer routes.Close()
+
+	d := &control.Daemon{Log: log.With("component", "daemon"), Resync: control.DefaultResync}
+	speaker := bgp.New(log.With("component", "bgp"), d.RoutesChanged)
+	speakerCtx, stopSpeaker := context.WithCancel(context.Background())
+	speakerDone := make(chan error, 1)
+	go func() { speakerDone <- speaker.Run(speakerCtx) }()
+	defer func() {
+		stopSpeaker()
+		if err := <-speakerDone; err != nil {
+			log.Error("bgp speaker", "err", err)
+		}
+	}()
+	d.Learned = speaker.Routes
+	rec := control.NewReconciler(control.Targets{L4: l4, Addresses: addrs, Routes: routes, BGP: speaker}, st, log.With("component", "reconcile"))
+	d.Reconciler = rec
 	seed := map[string]bool{}
 	if b, err := st.LoadApplied(); err == nil {
 		// Re-apply the last state before anything else, so that a restart
-		// forwards as before without waiting for checks or other inputs.
+		// forwards as before without waiting for checks, sessions or other
+		// inputs.
 		last, err := control.DecodeApplied(b)
 		if err != nil {
 			return err
@@ -93,11 +114,12 @@ func run(ctx context.Context, log *slog.Logger, path string, cfg *config.Config,
 			log.Error("re-applying the last state failed", "err", err)
 		}
 		seed = last.Health()
+		d.StaleRoutes = last.Routes
+		d.StaleFor = staleFor(cfg.BGP)
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
 
-	d := &control.Daemon{Reconciler: rec, Log: log.With("component", "daemon"), Resync: 5 * time.Minute}
 	hm := health.NewManager(log, d.Notify)
 	defer hm.Close()
 	d.Health = hm
@@ -115,10 +137,24 @@ func run(ctx context.Context, log *slog.Logger, path string, cfg *config.Config,
 		if err := addrs.Set(context.Background(), nil); err != nil {
 			return err
 		}
+		if err := routes.Set(context.Background(), nil); err != nil {
+			return err
+		}
 		return st.SaveApplied([]byte("{}"))
 	}
 	log.Info("stopped; the datapath keeps forwarding")
 	return nil
+}
+
+// staleFor is how long after a restart the routes the last run learned
+// stay in the kernel while the sessions come back: the graceful-restart
+// time when it is on, else long enough for sessions with tuned timers to
+// re-establish and send their routes again.
+func staleFor(c config.BGP) time.Duration {
+	if c.GracefulRestart.Enabled {
+		return c.GracefulRestart.RestartTime
+	}
+	return 15 * time.Second
 }
 
 // recordRevision stores the configuration as a new revision unless it is
