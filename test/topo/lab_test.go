@@ -91,6 +91,9 @@ func TestLine(t *testing.T) {
 
 	t.Run("ping", func(t *testing.T) {
 		if _, err := exec.LookPath("ping"); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatal("ping is not installed (Debian package iputils-ping; .ci/run installs it)")
+			}
 			t.Skip("ping is not installed (Debian package iputils-ping)")
 		}
 		if _, err := lab.Exec(ctx, "h1", "ping", "-c", "1", "-W", "5", "10.0.2.2"); err != nil {
