@@ -144,11 +144,19 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 	stale := len(d.StaleRoutes) > 0 && d.StaleFor > 0
 	staleEnd := time.NewTimer(d.StaleFor)
 	defer staleEnd.Stop()
+	// warned holds the last compile's warnings: each is logged when it
+	// first appears, not again on every health change or resync.
+	warned := map[Warning]bool{}
 	apply := func(why string) {
 		want, warns := Compile(Inputs{Config: cfg, Health: state, Learned: d.learnedRoutes(stale)})
+		now := make(map[Warning]bool, len(warns))
 		for _, w := range warns {
-			d.Log.Warn("compile", "path", w.Path, "msg", w.Message)
+			now[w] = true
+			if !warned[w] {
+				d.Log.Warn("compile", "path", w.Path, "msg", w.Message)
+			}
 		}
+		warned = now
 		if err := d.Reconciler.Apply(ctx, want); err != nil {
 			d.Log.Error("apply failed, will retry", "why", why, "err", err, "retry_in", backoff)
 			retry.Reset(backoff)

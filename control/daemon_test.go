@@ -2,9 +2,12 @@ package control_test
 
 import (
 	"context"
+	"log/slog"
 	"net/netip"
 	"reflect"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -317,3 +320,64 @@ func TestDaemonResync(t *testing.T) {
 		}
 	})
 }
+
+// TestDaemonLogsWarningsOnce: a compile warning is logged when it appears,
+// not again on each apply while it holds, and again if it returns after
+// going away.
+func TestDaemonLogsWarningsOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var logs strings.Builder
+		var mu sync.Mutex
+		log := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			return logs.Write(p)
+		}), nil))
+		warnings := func() int {
+			mu.Lock()
+			defer mu.Unlock()
+			return strings.Count(logs.String(), "no backend is up")
+		}
+		cfg := parse(t, `
+vips:
+  - name: web
+    address: 203.0.113.10
+    port: 80
+    health: {type: tcp}
+    backends: [{address: 10.0.1.11:8080}]
+`)
+		d := &control.Daemon{Reconciler: newReconciler(&world{}), Health: &fakeHealth{}, Log: log, Resync: time.Hour}
+		ctx, cancel := context.WithCancel(t.Context())
+		reload := make(chan *config.Config)
+		done := make(chan error, 1)
+		go func() { done <- d.Run(ctx, cfg, nil, reload) }()
+		synctest.Wait()
+		be := ap("10.0.1.11:8080")
+		steps := []struct {
+			do   func()
+			want int
+		}{
+			{func() {}, 0},
+			{func() { d.Notify(health.Event{ID: "web/10.0.1.11:8080", Addr: be, Up: false}) }, 1},
+			{func() { reload <- cfg }, 1},
+			{func() { reload <- cfg }, 1},
+			{func() { d.Notify(health.Event{ID: "web/10.0.1.11:8080", Addr: be, Up: true}) }, 1},
+			{func() { d.Notify(health.Event{ID: "web/10.0.1.11:8080", Addr: be, Up: false}) }, 2},
+		}
+		for i, s := range steps {
+			s.do()
+			synctest.Wait()
+			if got := warnings(); got != s.want {
+				t.Errorf("after step %d: the warning was logged %d times, want %d", i, got, s.want)
+			}
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	})
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
