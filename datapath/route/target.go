@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -33,6 +34,7 @@ type Options struct {
 // driven by one goroutine.
 type Target struct {
 	h     *netlink.Handle
+	b     batcher // sends the changes
 	table int
 	proto netlink.RouteProtocol
 	log   *slog.Logger
@@ -60,21 +62,31 @@ func NewTarget(opt Options) (*Target, error) {
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
-	var h *netlink.Handle
-	var err error
+	ns := netns.None()
 	if opt.NetNS != 0 {
-		h, err = netlink.NewHandleAt(netns.NsHandle(opt.NetNS))
-	} else {
-		h, err = netlink.NewHandle()
+		ns = netns.NsHandle(opt.NetNS)
 	}
+	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
 		return nil, fmt.Errorf("route: open netlink: %w", err)
 	}
-	return &Target{h: h, table: opt.Table, proto: netlink.RouteProtocol(opt.Protocol), log: opt.Log}, nil
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+	if err == nil {
+		// Never wait forever for the kernel's answers.
+		err = s.SetReceiveTimeout(&unix.Timeval{Sec: 30})
+	}
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("route: open netlink: %w", err)
+	}
+	return &Target{h: h, b: batcher{s}, table: opt.Table, proto: netlink.RouteProtocol(opt.Protocol), log: opt.Log}, nil
 }
 
-// Close releases the netlink handle; the routes stay.
-func (t *Target) Close() { t.h.Close() }
+// Close releases the netlink sockets; the routes stay.
+func (t *Target) Close() {
+	t.h.Close()
+	t.b.s.Close()
+}
 
 // Resync makes the next Set read the kernel rather than trust what the
 // target applied last, for when something else may have changed our routes.
@@ -106,18 +118,32 @@ func (t *Target) Set(ctx context.Context, routes []Route) error {
 		}
 		t.have = have
 	}
-	for _, c := range diff(t.have, want, held) {
-		if err := ctx.Err(); err != nil {
-			return errors.Join(append(errs, err)...)
+	if err := ctx.Err(); err != nil {
+		return errors.Join(append(errs, err)...)
+	}
+	changes := diff(t.have, want, held)
+	answers, err := t.b.applyAll(changes, t.table, uint8(t.proto))
+	if err != nil {
+		// What the kernel made of the changes not answered is unknown:
+		// the next Set reads it.
+		t.have = nil
+		errs = append(errs, err)
+	}
+	for i, err := range answers {
+		c := changes[i]
+		if c.op == opDelete && errors.Is(err, unix.ESRCH) {
+			err = nil // gone already
 		}
-		if err := t.apply(c); err != nil {
-			errs = append(errs, fmt.Errorf("route: %s %s: %w", c.op, c.route, err))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("route: %s %s: %w", c.op, c.route, t.explain(c, err)))
 			continue
 		}
 		t.log.Debug("route changed", "op", c.op, "route", c.route.String())
-		if c.op == opDelete {
+		switch {
+		case t.have == nil:
+		case c.op == opDelete:
 			delete(t.have, c.route.Prefix)
-		} else {
+		default:
 			t.have[c.route.Prefix] = c.route.NextHops
 		}
 	}
@@ -139,41 +165,14 @@ func (t *Target) Dump(ctx context.Context) ([]Route, error) {
 	return out, nil
 }
 
-func (t *Target) apply(c change) error {
-	r := &netlink.Route{Dst: ipNet(c.route.Prefix), Table: t.table, Protocol: t.proto}
-	if c.op == opDelete {
-		// By prefix and protocol only: it deletes our route whatever its
-		// next hops, all IPv6 siblings at once, and never another
-		// protocol's.
-		if err := t.h.RouteDel(r); err != nil && !errors.Is(err, unix.ESRCH) {
-			return err
-		}
-		return nil
-	}
-	hops := c.route.NextHops
-	if len(hops) == 1 {
-		r.Gw = hops[0].Addr.AsSlice()
-	} else {
-		for _, nh := range hops {
-			r.MultiPath = append(r.MultiPath, &netlink.NexthopInfo{Gw: nh.Addr.AsSlice(), Hops: nh.Weight - 1})
-		}
-	}
-	var err error
-	if c.op == opAdd {
-		// Exclusive, so that a route of another protocol keeps its prefix:
-		// NLM_F_REPLACE takes over a route of any protocol. That is also
-		// why a replace is sent only for a prefix that Set knows is ours.
-		err = t.h.RouteAdd(r)
-	} else {
-		err = t.h.RouteReplace(r)
-	}
+func (t *Target) explain(c change, err error) error {
 	switch {
 	case errors.Is(err, unix.EEXIST):
 		if p := t.holder(c.route.Prefix); p != "" {
 			return fmt.Errorf("prefix held by a route of protocol %s: %w", p, err)
 		}
 	case errors.Is(err, unix.ENETUNREACH), errors.Is(err, unix.EHOSTUNREACH):
-		if off := t.offLink(hops); len(off) > 0 {
+		if off := t.offLink(c.route.NextHops); len(off) > 0 {
 			return fmt.Errorf("next hop %s not on a connected network: %w", strings.Join(off, ", "), err)
 		}
 	}

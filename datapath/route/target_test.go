@@ -483,3 +483,42 @@ func inNS(t *testing.T, lab *topo.Lab, node string, fn func() error) {
 		t.Fatalf("node %s: %v", node, err)
 	}
 }
+
+// TestManyRoutes: thousands of routes go to the kernel in batches; a
+// refused route in the middle of a batch is reported alone, and every
+// other route of the set is added, replaced and deleted as asked.
+func TestManyRoutes(t *testing.T) {
+	t.Parallel()
+	lab, fd := upLab(t)
+	const n = 5000
+	held := netip.MustParsePrefix("100.64.75.0/27") // the 601st: in the middle of the third batch
+	run(t, lab, "router", "ip", "route", "add", held.String(), "via", "10.0.2.2", "proto", "static")
+	tg, log := newTarget(t, fd)
+	routes := func(hops ...string) (all, applied []Route) {
+		for i := range n {
+			a := netip.AddrFrom4([4]byte{100, 64 + byte(i>>11), byte(i >> 3), byte(i&7) << 5})
+			rt := r(netip.PrefixFrom(a, 27).String(), hops...)
+			all = append(all, rt)
+			if rt.Prefix != held {
+				applied = append(applied, rt)
+			}
+		}
+		return all, applied
+	}
+	for _, hops := range [][]string{{"10.0.1.2*1"}, {"10.0.1.2*1", "10.0.3.2*2"}} {
+		all, applied := routes(hops...)
+		requireErrs(t, tg.Set(t.Context(), all), []string{"route: add " + held.String() + " via 10.0.1.2", "prefix held by a route of protocol static"})
+		requireDump(t, tg, applied)
+		if got := log.take(); got != n-1 {
+			t.Errorf("%d routes changed, want %d", got, n-1)
+		}
+	}
+	requireErrs(t, tg.Set(t.Context(), nil), nil)
+	requireDump(t, tg, nil)
+	if got := log.take(); got != n-1 {
+		t.Errorf("%d routes deleted, want %d", got, n-1)
+	}
+	if got := show(t, lab, "static"); !strings.Contains(got, held.Addr().String()) {
+		t.Errorf("the static route is gone:\n%s", got)
+	}
+}
