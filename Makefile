@@ -30,6 +30,7 @@ lint:
 # Benchmarks against the peers a user would pick instead (root).
 bench: build
 	$(GO) run ./bench/l4 -out bench/results/l4.md
+	$(GO) run ./bench/bgp -out bench/results/bgp.md
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ingestResult is one router's ingestion run.
+type ingestResult struct {
+	router string
+	// in is from enabling the feeder's session to the last prefix in the
+	// FIB; out from disabling it to the last prefix gone.
+	in, out time.Duration
+	// rssBefore is the router's resident memory before the session, rss
+	// and peak after every prefix is in (VmRSS, VmHWM).
+	rssBefore, rss, peak int64
+	err                  error
+}
+
+var bulkRange = netip.MustParsePrefix("100.64.0.0/10")
+
+func ingest(ctx context.Context, log *slog.Logger, r router, n int) (res ingestResult) {
+	res.router = r.name()
+	l, err := upLab(ctx)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	defer func() { res.err = errors.Join(res.err, l.down()) }()
+	feed, err := l.startBird(ctx, "feed", speakerConf(feedAddr, routerFeed, n, false, false, true))
+	if err != nil {
+		res.err = err
+		return res
+	}
+	if err := poll(ctx, 5*time.Minute, func() (bool, error) {
+		c, err := feed.routes(ctx)
+		return c == n, err
+	}); err != nil {
+		res.err = fmt.Errorf("feeder loading %d routes: %w", n, err)
+		return res
+	}
+	p, err := r.start(ctx, l, false)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	f, err := watchFIB("/var/run/netns/"+l.Namespace("router"), bulkRange.Overlaps)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	defer f.close()
+	if res.rssBefore, _, err = memory(p.PID()); err != nil {
+		res.err = err
+		return res
+	}
+	log.Info("enabling the feeder's session", "router", r.name())
+	start := time.Now()
+	if _, err := feed.birdc(ctx, "enable", "uplink"); err != nil {
+		res.err = err
+		return res
+	}
+	end, err := f.wait(ctx, 15*time.Minute, func(h map[netip.Prefix]int) bool { return len(h) == n })
+	if err != nil {
+		res.err = fmt.Errorf("%d prefixes in the FIB: %w", n, err)
+		return res
+	}
+	res.in = end.Sub(start)
+	if res.rss, res.peak, err = memory(p.PID()); err != nil {
+		res.err = err
+		return res
+	}
+	log.Info("all in; disabling the feeder's session", "router", r.name(), "took", res.in)
+	start = time.Now()
+	if _, err := feed.birdc(ctx, "disable", "uplink"); err != nil {
+		res.err = err
+		return res
+	}
+	end, err = f.wait(ctx, 15*time.Minute, func(h map[netip.Prefix]int) bool { return len(h) == 0 })
+	if err != nil {
+		res.err = fmt.Errorf("prefixes gone from the FIB: %w", err)
+		return res
+	}
+	res.out = end.Sub(start)
+	return res
+}
+
+// memory returns a process's VmRSS and VmHWM in bytes.
+func memory(pid int) (rss, peak int64, err error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	for line := range strings.Lines(string(data)) {
+		k, v, _ := strings.Cut(line, ":")
+		var into *int64
+		switch k {
+		case "VmRSS":
+			into = &rss
+		case "VmHWM":
+			into = &peak
+		default:
+			continue
+		}
+		kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("/proc/%d/status: %s: %w", pid, k, err)
+		}
+		*into = kb << 10
+	}
+	return rss, peak, nil
+}
+
+// failoverResult is one router's failover trials.
+type failoverResult struct {
+	router string
+	// detect is, per trial, from the command that silences node2 starting to its next hop leaving
+	// the kernel route; recover from node2 speaking again to its next hop
+	// being back.
+	detect, recover []time.Duration
+	err             error
+}
+
+var vipPrefix = netip.MustParsePrefix(vip)
+
+// silence drops every packet to and from node2's link in its namespace:
+// BGP and BFD alike, as if the node had hung.
+const silence = `table inet silence {
+	chain in { type filter hook input priority -300; policy accept; iifname "eth0" drop; }
+	chain out { type filter hook output priority -300; policy accept; oifname "eth0" drop; }
+}
+`
+
+func failover(ctx context.Context, log *slog.Logger, r router, trials int) (res failoverResult) {
+	res.router = r.name()
+	l, err := upLab(ctx)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	defer func() { res.err = errors.Join(res.err, l.down()) }()
+	if _, err := l.startBird(ctx, "feed", speakerConf(feedAddr, routerFeed, 0, true, true, false)); err != nil {
+		res.err = err
+		return res
+	}
+	node2, err := l.startBird(ctx, "node2", speakerConf(node2Addr, routerNode2, 0, true, true, false))
+	if err != nil {
+		res.err = err
+		return res
+	}
+	if _, err := r.start(ctx, l, true); err != nil {
+		res.err = err
+		return res
+	}
+	f, err := watchFIB("/var/run/netns/"+l.Namespace("router"), func(p netip.Prefix) bool { return p == vipPrefix })
+	if err != nil {
+		res.err = err
+		return res
+	}
+	defer f.close()
+	hops := func(n int) func(map[netip.Prefix]int) bool {
+		return func(h map[netip.Prefix]int) bool { return h[vipPrefix] == n }
+	}
+	rules := l.dir + "/silence.nft"
+	if err := os.WriteFile(rules, []byte(silence), 0o644); err != nil {
+		res.err = err
+		return res
+	}
+	for i := range trials {
+		// A trial starts with both next hops in and node2's BFD session up,
+		// so that it measures BFD rather than the hold timer.
+		if _, err := f.wait(ctx, 2*time.Minute, hops(2)); err != nil {
+			res.err = fmt.Errorf("trial %d: two next hops: %w", i+1, err)
+			return res
+		}
+		if err := poll(ctx, time.Minute, func() (bool, error) { return node2.bfdUp(ctx, routerNode2) }); err != nil {
+			res.err = fmt.Errorf("trial %d: node2's BFD session up: %w", i+1, err)
+			return res
+		}
+		silenced := time.Now()
+		if _, err := l.Exec(ctx, "node2", "nft", "-f", rules); err != nil {
+			res.err = err
+			return res
+		}
+		gone, err := f.wait(ctx, 2*time.Minute, hops(1))
+		if err != nil {
+			res.err = fmt.Errorf("trial %d: node2's next hop leaving: %w", i+1, err)
+			return res
+		}
+		res.detect = append(res.detect, gone.Sub(silenced))
+		spoke := time.Now()
+		if _, err := l.Exec(ctx, "node2", "nft", "delete", "table", "inet", "silence"); err != nil {
+			res.err = err
+			return res
+		}
+		back, err := f.wait(ctx, 2*time.Minute, hops(2))
+		if err != nil {
+			res.err = fmt.Errorf("trial %d: node2's next hop back: %w", i+1, err)
+			return res
+		}
+		res.recover = append(res.recover, back.Sub(spoke))
+		log.Info("failover trial", "router", r.name(), "trial", i+1, "detect", res.detect[i], "recover", res.recover[i])
+	}
+	return res
+}
