@@ -1,0 +1,272 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// The BGP tests run the appliance in test/topo/bgp.clab.yml: BIRD 2 on the
+// cluster nodes announcing routes to it, FRR on the upstream router
+// learning its VIPs, real packets from clients on either side.
+
+const bgpLab = "../topo/bgp.clab.yml"
+
+// bgpHead starts the appliance's bgp section; peers follow.
+const bgpHead = "bgp:\n  asn: 65000\n  router-id: 10.0.0.1\n  peers:\n"
+
+// nodePeer is the appliance's configuration of node n as a peer (IPv6 if
+// v6) from asn, with more keys in extra.
+func nodePeer(n int, v6 bool, asn uint32, extra string) string {
+	return fmt.Sprintf("    - {name: node%d, address: %q, asn: %d, role: node, %s}\n", n, nodeAddr(n, v6), asn, extra)
+}
+
+// TestBGPECMP: three BIRD nodes announce one VIP with themselves as next
+// hop; the appliance installs one kernel route with three next hops, and
+// new connections from the client reach all three nodes. A node that
+// withdraws the route, then one whose session goes down, leave the route
+// with their next hop only; when the last one goes the route goes.
+func TestBGPECMP(t *testing.T) { testECMP(t, false) }
+
+// TestBGPECMPIPv6 is TestBGPECMP over IPv6: IPv6 sessions, a /128 VIP.
+func TestBGPECMPIPv6(t *testing.T) { testECMP(t, true) }
+
+func testECMP(t *testing.T, v6 bool) {
+	l := upLab(t, bgpLab)
+	vip, accept := netip.MustParsePrefix("203.0.113.10/32"), "203.0.113.0/24"
+	if v6 {
+		vip, accept = netip.MustParsePrefix("2001:db8::10/128"), "2001:db8::/64"
+	}
+	var peers string
+	for n := 1; n <= 3; n++ {
+		node := fmt.Sprintf("node%d", n)
+		if _, err := l.Exec(context.Background(), node, "ip", "addr", "add", vip.String(), "dev", "lo"); err != nil {
+			t.Fatal(err)
+		}
+		l.startBackend(node)
+		peers += nodePeer(n, v6, uint32(65000+n), "accept: ["+accept+"]")
+	}
+	l.writeConfig(bgpHead + peers)
+	l.startAppliance()
+
+	var birds []*bird
+	var hops []netip.Addr
+	start := time.Now()
+	for n := 1; n <= 3; n++ {
+		birds = append(birds, l.startBird(birdConf{N: n, ASN: uint32(65000 + n), V6: v6,
+			Statics: []static{{Name: "vip", Routes: []string{vip.String()}}}}))
+		hops = append(hops, nodeAddr(n, v6))
+	}
+	l.waitRoute(vip, hops...)
+	t.Logf("%s via %v in the kernel %s after the BIRDs started", vip, hops, time.Since(start).Round(time.Millisecond))
+	target := net.JoinHostPort(vip.Addr().String(), "8080")
+	l.wantReach(target, "node1", "node2", "node3")
+
+	for _, s := range []struct {
+		what  string
+		bird  *bird
+		birdc []string
+		left  []netip.Addr
+		reach []string
+	}{
+		{"node1 withdraws the route", birds[0], []string{"disable", "vip"}, hops[1:], []string{"node2", "node3"}},
+		{"node2's session goes down", birds[1], []string{"disable", "appliance"}, hops[2:], []string{"node3"}},
+		{"node3, the last, goes down", birds[2], []string{"disable", "appliance"}, nil, nil},
+	} {
+		start := time.Now()
+		s.bird.mustBirdc(s.birdc...)
+		l.waitRoute(vip, s.left...)
+		t.Logf("%s: the kernel route follows in %s", s.what, time.Since(start).Round(time.Millisecond))
+		if len(s.reach) > 0 {
+			l.wantReach(target, s.reach...)
+		} else if name, _, err := l.ask(target); err == nil {
+			t.Fatalf("no route left, but %s answered on %s", name, target)
+		}
+	}
+}
+
+// wantReach opens new connections from the client to target (an HTTP
+// server on the nodes), each from another source port, and fails the test
+// unless together they reach exactly the nodes named.
+func (l *lab) wantReach(target string, nodes ...string) {
+	l.t.Helper()
+	const n = 60 // misses one of three nodes with a chance of 3·(2/3)^60 ≈ 10^-10
+	hits := map[string]int{}
+	for range n {
+		name, _, err := l.ask(target)
+		if err != nil {
+			l.t.Fatalf("connection to %s: %v", target, err)
+		}
+		hits[name]++
+	}
+	if got := slices.Sorted(maps.Keys(hits)); !slices.Equal(got, nodes) {
+		l.t.Fatalf("%d connections to %s reached %v, want %v", n, target, hits, nodes)
+	}
+	l.t.Logf("%d connections to %s: %v", n, target, hits)
+}
+
+// nextHops returns the next hops of the appliance's route for p in its
+// main table, sorted; none if there is no such route. It fails the test if
+// the route is not the daemon's (protocol bgp).
+func (l *lab) nextHops(p netip.Prefix) []netip.Addr {
+	l.t.Helper()
+	ns, err := netns.GetFromName(l.Namespace("appliance"))
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer h.Close()
+	family := netlink.FAMILY_V4
+	if p.Addr().Is6() {
+		family = netlink.FAMILY_V6
+	}
+	dst := &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+	routes, err := h.RouteListFiltered(family, &netlink.Route{Dst: dst, Table: unix.RT_TABLE_MAIN}, netlink.RT_FILTER_DST|netlink.RT_FILTER_TABLE)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	var hops []netip.Addr
+	for _, r := range routes {
+		if r.Protocol != unix.RTPROT_BGP {
+			l.t.Fatalf("route %s has protocol %d, not the daemon's (bgp)", r, r.Protocol)
+		}
+		gws := []net.IP{r.Gw}
+		if len(r.MultiPath) > 0 {
+			gws = nil
+			for _, nh := range r.MultiPath {
+				gws = append(gws, nh.Gw)
+			}
+		}
+		for _, gw := range gws {
+			a, ok := netip.AddrFromSlice(gw)
+			if !ok {
+				l.t.Fatalf("route %s: a next hop without a gateway", r)
+			}
+			hops = append(hops, a.Unmap())
+		}
+	}
+	slices.SortFunc(hops, netip.Addr.Compare)
+	return hops
+}
+
+// waitRoute waits until the appliance's route for p has exactly the next
+// hops want (none: no route).
+func (l *lab) waitRoute(p netip.Prefix, want ...netip.Addr) {
+	l.t.Helper()
+	want = slices.Clone(want)
+	slices.SortFunc(want, netip.Addr.Compare)
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		got := l.nextHops(p)
+		if slices.Equal(got, want) {
+			return
+		}
+		select {
+		case <-l.app.Done():
+			l.t.Fatalf("appliance exited: %v\n%s", l.app.Wait(), l.app.Output())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("route %s: next hops %v, want %v within %s\n%s", p, got, want, waitTimeout, l.app.Output())
+		}
+	}
+}
+
+// steady fails the test unless the sessions of the peers named have been
+// established once and never gone down, as the appliance's log tells.
+func (l *lab) steady(peers ...string) {
+	l.t.Helper()
+	log := l.app.Output()
+	for _, p := range peers {
+		up := strings.Count(log, `msg="session established" component=bgp peer=`+p+"\n")
+		down := strings.Count(log, `msg="session down" component=bgp peer=`+p+" ")
+		if up != 1 || down != 0 {
+			l.t.Errorf("peer %s: session established %d times and down %d times, want once and never", p, up, down)
+		}
+	}
+}
+
+// alive fails the test if the appliance has exited.
+func (l *lab) alive() {
+	l.t.Helper()
+	select {
+	case <-l.app.Done():
+		l.t.Fatalf("appliance exited: %v\n%s", l.app.Wait(), l.app.Output())
+	default:
+	}
+}
+
+// TestBGPRefused: a node announcing a prefix outside its accept list has
+// that prefix refused (not in the kernel, logged once however often the
+// node sends it again) and the rest accepted; a node announcing more
+// prefixes than its max-prefixes loses its session, with a log naming the
+// limit, and none of its routes is installed. The daemon and the other
+// sessions stay up.
+func TestBGPRefused(t *testing.T) {
+	l := upLab(t, bgpLab)
+	accept := "accept: [203.0.113.0/24]"
+	l.writeConfig(bgpHead +
+		nodePeer(1, false, 65001, accept) +
+		nodePeer(2, false, 65002, accept+", max-prefixes: 3") +
+		nodePeer(3, false, 65003, accept))
+	l.startAppliance()
+
+	vip := netip.MustParsePrefix("203.0.113.10/32")
+	outside := netip.MustParsePrefix("198.18.0.0/24")
+	more := netip.MustParsePrefix("203.0.113.14/32")
+	b1 := l.startBird(birdConf{N: 1, ASN: 65001, Statics: []static{
+		{Name: "vip", Routes: []string{vip.String(), outside.String()}},
+		{Name: "more", Routes: []string{more.String()}, Disabled: true},
+	}})
+	b2 := l.startBird(birdConf{N: 2, ASN: 65002, Statics: []static{
+		{Name: "vip", Routes: []string{vip.String(), "203.0.113.11/32", "203.0.113.12/32", "203.0.113.13/32"}},
+	}})
+	b3 := l.startBird(birdConf{N: 3, ASN: 65003, Statics: []static{{Name: "vip", Routes: []string{vip.String()}}}})
+
+	l.waitRoute(vip, nodeAddr(1, false), nodeAddr(3, false))
+	refused := fmt.Sprintf(`msg="route refused" component=bgp peer=node1 prefix=%s `, outside)
+	l.waitLog(refused, 1)
+	limit := `peer=node2 max-prefixes=3`
+	l.waitLog(limit, 1)
+	b1.waitEstablished()
+	b3.waitEstablished()
+	notified := "Received: Maximum number of prefixes reached"
+	b2.waitFor("the appliance's notification", func(s string) bool { return strings.Contains(s, notified) },
+		"show", "protocols", "all", "appliance")
+	for _, p := range []string{outside.String(), "203.0.113.11/32", "203.0.113.12/32", "203.0.113.13/32"} {
+		if hops := l.nextHops(netip.MustParsePrefix(p)); len(hops) > 0 {
+			t.Errorf("refused prefix %s is in the kernel via %v", p, hops)
+		}
+	}
+
+	// node1 sends another update: its whole table is read again, the
+	// outside prefix with it, and refused again without another log line.
+	b1.mustBirdc("enable", "more")
+	l.waitRoute(more, nodeAddr(1, false))
+	if n := strings.Count(l.app.Output(), refused); n != 1 {
+		t.Errorf("the refusal of %s is logged %d times, want once:\n%s", outside, n, l.app.Output())
+	}
+	if hops := l.nextHops(outside); len(hops) > 0 {
+		t.Errorf("refused prefix %s is in the kernel via %v", outside, hops)
+	}
+	if n := strings.Count(l.app.Output(), limit); n != 1 {
+		t.Errorf("the max-prefixes shutdown is logged %d times, want once:\n%s", n, l.app.Output())
+	}
+	l.alive()
+	l.steady("node1", "node3")
+	l.waitRoute(vip, nodeAddr(1, false), nodeAddr(3, false))
+}
