@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"maps"
 	"net"
@@ -269,4 +270,105 @@ func TestBGPRefused(t *testing.T) {
 	l.alive()
 	l.steady("node1", "node3")
 	l.waitRoute(vip, nodeAddr(1, false), nodeAddr(3, false))
+}
+
+// TestBGPMalformedUpdate: a configured node peer (a hand-made speaker on
+// node3) opens a session and announces a route, then sends malformed
+// UPDATEs, handled as RFC 7606 says. One whose ORIGIN attribute has a bad
+// length is treated as a withdrawal of its route: node3's next hop leaves
+// the kernel route, and the session stays. One whose Total Path Attribute
+// Length runs past the end of the message gets a NOTIFICATION (UPDATE
+// Message Error, Malformed Attribute List) and the session is closed,
+// which takes node3's next hop out again. Through both, the daemon stays
+// up and the BIRD sessions of node1 and node2 are untouched; node3 can
+// then open a new session that works.
+func TestBGPMalformedUpdate(t *testing.T) {
+	l := upLab(t, bgpLab)
+	accept := "accept: [203.0.113.0/24]"
+	l.writeConfig(bgpHead +
+		nodePeer(1, false, 65001, accept) +
+		nodePeer(2, false, 65002, accept) +
+		nodePeer(3, false, 65003, accept))
+	l.startAppliance()
+	vip := netip.MustParsePrefix("203.0.113.10/32")
+	for n := 1; n <= 2; n++ {
+		l.startBird(birdConf{N: n, ASN: uint32(65000 + n), Statics: []static{{Name: "vip", Routes: []string{vip.String()}}}})
+	}
+	n1, n2, n3 := nodeAddr(1, false), nodeAddr(2, false), nodeAddr(3, false)
+	l.waitRoute(vip, n1, n2)
+
+	server := net.JoinHostPort(applianceAddr(3, false).String(), "179")
+	good := bgpUpdate(append(slices.Clone(bgpOrigin), bgpPath(65003, n3)...), vip)
+	c := l.rawSession("node3", server)
+	send := func(what string, msg []byte) {
+		t.Helper()
+		if _, err := c.Write(msg); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	}
+	send("announce", good)
+	l.waitRoute(vip, n1, n2, n3)
+
+	badOrigin := []byte{0x40, 1, 2, 0, 0} // ORIGIN is one octet long
+	send("bad ORIGIN length", bgpUpdate(append(badOrigin, bgpPath(65003, n3)...), vip))
+	l.waitRoute(vip, n1, n2)
+	l.waitLog("treated as withdraw", 1)
+	send("announce again", good)
+	l.waitRoute(vip, n1, n2, n3)
+	l.steady("node3")
+
+	overrun := slices.Clone(good)
+	binary.BigEndian.PutUint16(overrun[21:], uint16(len(good))) // Total Path Attribute Length, past the end
+	send("Total Path Attribute Length past the end", overrun)
+	_ = c.SetReadDeadline(time.Now().Add(waitTimeout))
+	typ, body, err := readBGP(c)
+	if err != nil || typ != bgpNotificationMsg || len(body) < 2 {
+		t.Fatalf("after a malformed UPDATE: message type %d %x, %v; want a NOTIFICATION\n%s", typ, body, err, l.app.Output())
+	}
+	if body[0] != 3 || body[1] != 1 {
+		t.Errorf("NOTIFICATION code %d subcode %d, want code 3 (UPDATE Message Error) subcode 1 (Malformed Attribute List)", body[0], body[1])
+	}
+	if _, _, err := readBGP(c); err == nil {
+		t.Error("the session stays open after the NOTIFICATION")
+	}
+	c.Close()
+	l.waitRoute(vip, n1, n2)
+	l.waitLog(`msg="session down" component=bgp peer=node3 `, 1)
+	l.alive()
+	l.steady("node1", "node2")
+
+	start := time.Now()
+	c = l.rawSession("node3", server)
+	t.Logf("node3 has a new session %s after the reset", time.Since(start).Round(time.Millisecond))
+	send("announce on the new session", good)
+	l.waitRoute(vip, n1, n2, n3)
+	l.steady("node1", "node2")
+}
+
+// rawSession connects from node to the appliance's BGP server and opens a
+// session as that node (its AS is 65000 + its number), trying again until
+// the appliance takes it; the connection is closed when the test ends.
+func (l *lab) rawSession(node, server string) net.Conn {
+	l.t.Helper()
+	var n int
+	if _, err := fmt.Sscanf(node, "node%d", &n); err != nil {
+		l.t.Fatal(err)
+	}
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		c, err := l.dialFrom(node, "tcp", server)
+		if err == nil {
+			_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+			if err = bgpEstablish(c, uint16(65000+n), nodeAddr(n, false)); err == nil {
+				_ = c.SetDeadline(time.Time{})
+				l.t.Cleanup(func() { c.Close() })
+				return c
+			}
+			c.Close()
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("no BGP session from %s to %s within %s: %v\n%s", node, server, waitTimeout, err, l.app.Output())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
