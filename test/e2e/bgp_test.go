@@ -3,12 +3,15 @@ package e2e
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"maps"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -371,4 +374,195 @@ func (l *lab) rawSession(node, server string) net.Conn {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// upstreamVIPs are static VIPs served by the nodes' backends: web and dns
+// share 203.0.113.20 on node1 and node2, api is 203.0.113.21 on node3.
+const upstreamVIPs = `vips:
+  - name: web
+    address: 203.0.113.20
+    port: 80
+    health: {type: tcp, interval: 200ms, timeout: 150ms, rise: 2, fall: 2}
+    backends:
+      - {address: 10.0.1.2:8080}
+      - {address: 10.0.2.2:8080}
+  - name: dns
+    address: 203.0.113.20
+    port: 53
+    protocol: udp
+    backends:
+      - {address: 10.0.1.2:5353}
+      - {address: 10.0.2.2:5353}
+  - name: api
+    address: 203.0.113.21
+    port: 80
+    health: {type: tcp, interval: 200ms, timeout: 150ms, rise: 2, fall: 2}
+    backends:
+      - {address: 10.0.3.2:8080}
+`
+
+// upstreamPeer is the appliance's configuration of the FRR router.
+const upstreamPeer = `    - {name: upstream, address: 10.0.4.2, asn: 64512, role: upstream, communities: ["65000:100"]}
+`
+
+// TestBGPUpstream: FRR as the upstream router learns the appliance's VIPs
+// (next hop the appliance, with the configured community) and forwards
+// the outside client's traffic to them: outside -> FRR -> appliance ->
+// backend and back. When every backend of one VIP fails its health
+// checks, FRR loses that VIP and only that one: a UDP flow to the other
+// VIP loses no packet meanwhile. When the backend returns, so does the
+// route, and traffic.
+func TestBGPUpstream(t *testing.T) {
+	l := upLab(t, bgpLab)
+	for _, node := range []string{"node1", "node2", "node3"} {
+		l.startBackend(node)
+	}
+	l.writeConfig(upstreamVIPs + bgpHead + upstreamPeer)
+	l.startAppliance()
+	start := time.Now()
+	f := l.startFRR("upstream", frrConf)
+	web, api := netip.MustParsePrefix("203.0.113.20/32"), netip.MustParsePrefix("203.0.113.21/32")
+	for _, p := range []netip.Prefix{web, api} {
+		paths, _ := f.waitPaths(p, 1)
+		got := paths[0]
+		if len(got.Nexthops) != 1 || got.Nexthops[0].IP != "10.0.4.1" || !slices.Equal(got.Community.List, []string{"65000:100"}) || !got.Valid {
+			t.Errorf("FRR's path for %s: %+v, want a valid one via 10.0.4.1 with community 65000:100", p, got)
+		}
+	}
+	t.Logf("FRR has both VIPs %s after it started", time.Since(start).Round(time.Millisecond))
+	l.waitAnswer("outside", "203.0.113.20:80", "node1", "node2")
+	l.waitAnswer("outside", "203.0.113.21:80", "node3")
+
+	probe := l.startProbe("outside", "203.0.113.20:53")
+	start = time.Now()
+	if err := l.backends["node3"].Stop(5 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	f.waitPaths(api, 0)
+	t.Logf("api's only backend stopped: FRR withdrew %s %s later", api, time.Since(start).Round(time.Millisecond))
+	l.waitLog(`backend=api/10.0.3.2:8080 up=false`, 1)
+	if paths := f.paths(web); len(paths) != 1 {
+		t.Errorf("FRR has %d paths for %s while only api is down, want 1", len(paths), web)
+	}
+	l.waitNoAnswer("outside", "203.0.113.21:80")
+	l.waitAnswer("outside", "203.0.113.20:80", "node1", "node2")
+
+	start = time.Now()
+	l.startBackend("node3")
+	f.waitPaths(api, 1)
+	t.Logf("api's backend back: FRR has %s again %s later", api, time.Since(start).Round(time.Millisecond))
+	l.waitAnswer("outside", "203.0.113.21:80", "node3")
+	sent, lost := probe.stop()
+	if sent == 0 || lost != 0 {
+		t.Errorf("UDP to 203.0.113.20:53 while api went and came back: %d of %d datagrams lost", lost, sent)
+	}
+	t.Logf("UDP to 203.0.113.20:53 meanwhile: %d datagrams, %d lost", sent, lost)
+}
+
+// waitAnswer waits until a new connection from node to the HTTP VIP addr
+// is answered, and fails the test unless the answer comes from one of the
+// backends named and shows node's own address as the client's.
+func (l *lab) waitAnswer(node, addr string, backends ...string) {
+	l.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		name, from, err := l.askFrom(node, addr)
+		if err == nil {
+			host, _, _ := net.SplitHostPort(from)
+			if !slices.Contains(backends, name) || host != "198.51.100.2" {
+				l.t.Fatalf("%s from %s: %s answered, seeing the client as %s; want one of %v seeing 198.51.100.2", addr, node, name, from, backends)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("%s from %s: no answer within %s: %v\n%s", addr, node, waitTimeout, err, l.app.Output())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitNoAnswer waits until a new connection from node to addr fails.
+func (l *lab) waitNoAnswer(node, addr string) {
+	l.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		name, _, err := l.askFrom(node, addr)
+		if err != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("%s from %s: %s still answers after %s", addr, node, name, waitTimeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// probe is one UDP flow that sends a datagram every probeEvery and counts
+// the answers.
+type probe struct {
+	c        net.Conn
+	sent     atomic.Int64
+	answered atomic.Int64
+	quit     chan struct{}
+	once     sync.Once
+	wg       sync.WaitGroup
+}
+
+const probeEvery = 10 * time.Millisecond
+
+// startProbe starts a probe from node to the UDP server addr (the backend
+// answers every datagram).
+func (l *lab) startProbe(node, addr string) *probe {
+	l.t.Helper()
+	c, err := l.dialFrom(node, "udp", addr)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	p := &probe{c: c, quit: make(chan struct{})}
+	p.wg.Go(func() {
+		tick := time.NewTicker(probeEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-p.quit:
+				return
+			case <-tick.C:
+			}
+			if _, err := c.Write([]byte("probe")); err == nil {
+				p.sent.Add(1)
+			}
+		}
+	})
+	p.wg.Go(func() {
+		buf := make([]byte, 512)
+		for {
+			if _, err := c.Read(buf); err == nil {
+				p.answered.Add(1)
+			} else if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Other errors (an ICMP error) count as no answer.
+		}
+	})
+	l.t.Cleanup(p.close)
+	return p
+}
+
+// stop stops sending, waits a while for the last answers, and returns how
+// many datagrams were sent and how many got no answer.
+func (p *probe) stop() (sent, lost int64) {
+	p.once.Do(func() { close(p.quit) })
+	deadline := time.Now().Add(5 * time.Second)
+	for p.answered.Load() < p.sent.Load() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.close()
+	return p.sent.Load(), p.sent.Load() - p.answered.Load()
+}
+
+// close ends the probe; it may be called more than once.
+func (p *probe) close() {
+	p.once.Do(func() { close(p.quit) })
+	p.c.Close()
+	p.wg.Wait()
 }
