@@ -149,7 +149,6 @@ func (f *frr) output() string {
 // shows it.
 type frrPath struct {
 	Valid     bool `json:"valid"`
-	Stale     bool `json:"stale"`
 	Community struct {
 		List []string `json:"list"`
 	} `json:"community"`
