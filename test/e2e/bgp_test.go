@@ -38,8 +38,8 @@ func nodePeer(n int, v6 bool, asn uint32, extra string) string {
 // TestBGPECMP: three BIRD nodes announce one VIP with themselves as next
 // hop; the appliance installs one kernel route with three next hops, and
 // new connections from the client reach all three nodes. A node that
-// withdraws the route, then one whose session goes down, leave the route
-// with their next hop only; when the last one goes the route goes.
+// withdraws the route, then one whose session goes down, each take just
+// their own next hop out of it; when the last one goes, the route goes.
 func TestBGPECMP(t *testing.T) { testECMP(t, false) }
 
 // TestBGPECMPIPv6 is TestBGPECMP over IPv6: IPv6 sessions, a /128 VIP.
