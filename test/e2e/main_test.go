@@ -24,6 +24,10 @@ import (
 
 var binDir string
 
+// waitTimeout bounds every wait for something that takes a second or
+// two on an idle machine: generous, for a loaded one with two cores.
+const waitTimeout = 30 * time.Second
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "portico-e2e-")
 	if err != nil {
@@ -46,7 +50,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// lab is one running L4 lab: topology, backends, and the appliance.
+// lab is one running lab: topology, backends, and the appliance.
 type lab struct {
 	t *testing.T
 	*topo.Lab
@@ -58,13 +62,20 @@ type lab struct {
 // newLab brings up test/topo/l4.clab.yml with the backend binary on every
 // backend (HTTP :8080, TCP echo :9000, UDP :5353), and no appliance yet.
 func newLab(t *testing.T) *lab {
-	l := &lab{t: t, Lab: topo.UpT(t, "../topo/l4.clab.yml"), dir: t.TempDir(), backends: map[string]*topo.Proc{}}
+	l := upLab(t, "../topo/l4.clab.yml")
 	for _, be := range []string{"be1", "be2", "be3"} {
 		l.startBackend(be)
 	}
 	return l
 }
 
+// upLab brings up the topology file at path with nothing running in it.
+func upLab(t *testing.T, path string) *lab {
+	return &lab{t: t, Lab: topo.UpT(t, path), dir: t.TempDir(), backends: map[string]*topo.Proc{}}
+}
+
+// startBackend runs the backend binary on node be, named be, with HTTP on
+// :8080, TCP echo on :9000 and UDP on :5353 (every address of the node).
 func (l *lab) startBackend(be string) *topo.Proc {
 	p, err := l.Start(context.Background(), be, filepath.Join(binDir, "backend"),
 		"-name", be, "-http", ":8080", "-tcp", ":9000", "-udp", ":5353")
@@ -102,7 +113,7 @@ func (l *lab) startAppliance(args ...string) {
 // waitLog waits until the appliance's log holds at least n lines with s.
 func (l *lab) waitLog(s string, n int) {
 	l.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(waitTimeout)
 	for time.Now().Before(deadline) {
 		if strings.Count(l.app.Output(), s) >= n {
 			return
@@ -113,7 +124,7 @@ func (l *lab) waitLog(s string, n int) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	l.t.Fatalf("appliance log has fewer than %d %q within 20s:\n%s", n, s, l.app.Output())
+	l.t.Fatalf("appliance log has fewer than %d %q within %s:\n%s", n, s, waitTimeout, l.app.Output())
 }
 
 // reload rewrites the configuration, sends SIGHUP and waits for the
@@ -152,8 +163,13 @@ func (l *lab) inNode(node string, fn func() error) error {
 
 // dial opens a connection from the client node.
 func (l *lab) dial(network, addr string) (net.Conn, error) {
+	return l.dialFrom("client", network, addr)
+}
+
+// dialFrom opens a connection from node.
+func (l *lab) dialFrom(node, network, addr string) (net.Conn, error) {
 	var c net.Conn
-	err := l.inNode("client", func() error {
+	err := l.inNode(node, func() error {
 		var err error
 		c, err = net.DialTimeout(network, addr, 3*time.Second)
 		return err
@@ -161,10 +177,15 @@ func (l *lab) dial(network, addr string) (net.Conn, error) {
 	return c, err
 }
 
-// ask opens a new connection to an HTTP VIP and returns the backend's
-// answer fields: name and the client address it saw.
+// ask opens a new connection from the client node to an HTTP VIP and
+// returns the backend's answer fields: name and the client address it saw.
 func (l *lab) ask(addr string) (string, string, error) {
-	c, err := l.dial("tcp", addr)
+	return l.askFrom("client", addr)
+}
+
+// askFrom is ask from node.
+func (l *lab) askFrom(node, addr string) (string, string, error) {
+	c, err := l.dialFrom(node, "tcp", addr)
 	if err != nil {
 		return "", "", err
 	}
