@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync"
 
@@ -129,9 +130,11 @@ func (c *Client) explain(err error) error {
 		derr := c.dialErr
 		c.mu.Unlock()
 		if derr != nil {
-			var op *net.OpError
-			if errors.As(derr, &op) {
-				derr = op.Err
+			// "dial unix PATH: connect: ENOENT" says the path twice
+			// and the syscall: keep the reason.
+			var se *os.SyscallError
+			if errors.As(derr, &se) {
+				derr = se.Err
 			}
 			return fmt.Errorf("cannot reach the appliance at %s: %v (is the daemon running?)", c.socket, derr)
 		}

@@ -74,7 +74,7 @@ func openconfig(st State, now func() time.Time) *node {
 				// timeticks64: nanoseconds since the Unix epoch.
 				return uint64(now().Add(-n.Uptime).Truncate(time.Second).UnixNano())
 			})),
-		container("afi-safis", afiSafi()),
+		container("afi-safis", afiSafi(st)),
 	)
 	neighbor.parse, neighbor.configured = parseAddr, true
 	protocol := list("protocol", []string{"identifier", "name"},
@@ -109,19 +109,29 @@ func description(n bgp.NeighborState) any     { return n.Name }
 
 // afiSafi is a neighbor's one address family: a session carries the
 // unicast routes of its peer address's family.
-func afiSafi() *node {
-	name := func(n bgp.NeighborState) string {
-		if n.Address.Is4() {
+func afiSafi(st State) *node {
+	// family is the list's entry: the neighbor, and how many of the
+	// routes the appliance installs go through it.
+	type family struct {
+		bgp.NeighborState
+		installed int
+	}
+	name := func(f family) string {
+		if f.Address.Is4() {
 			return "IPV4_UNICAST"
 		}
 		return "IPV6_UNICAST"
 	}
-	ident := func(n bgp.NeighborState) any { return "openconfig-bgp-types:" + name(n) }
-	enabled := func(bgp.NeighborState) any { return true }
+	ident := func(f family) any { return "openconfig-bgp-types:" + name(f) }
+	enabled := func(family) any { return true }
 	l := list("afi-safi", []string{"afi-safi-name"},
-		func(_ context.Context, parent any) ([]bgp.NeighborState, func(bgp.NeighborState) map[string]string, error) {
-			return []bgp.NeighborState{parent.(bgp.NeighborState)}, func(n bgp.NeighborState) map[string]string {
-				return map[string]string{"afi-safi-name": name(n)}
+		func(_ context.Context, parent any) ([]family, func(family) map[string]string, error) {
+			f := family{NeighborState: parent.(bgp.NeighborState)}
+			if f.Role == bgp.Node {
+				f.installed = installed(st.BGPRoutes(), f.Address)
+			}
+			return []family{f}, func(f family) map[string]string {
+				return map[string]string{"afi-safi-name": name(f)}
 			}, nil
 		},
 		leaf("afi-safi-name", ident),
@@ -131,15 +141,31 @@ func afiSafi() *node {
 			leaf("enabled", enabled),
 			container("prefixes",
 				// received-pre-policy: all the peer sent; received:
-				// what its accept list let in; sent: what the
-				// appliance announces to it.
-				leaf("received", func(n bgp.NeighborState) any { return uint32(n.Accepted) }),
-				leaf("received-pre-policy", func(n bgp.NeighborState) any { return uint32(n.Received) }),
-				leaf("sent", func(n bgp.NeighborState) any { return uint32(n.Advertised) }))),
+				// what its accept list let in; installed: those of
+				// them the kernel routes through the peer; sent: what
+				// the appliance announces to it.
+				leaf("received", func(f family) any { return uint32(f.Accepted) }),
+				leaf("received-pre-policy", func(f family) any { return uint32(f.Received) }),
+				leaf("installed", func(f family) any { return uint32(f.installed) }),
+				leaf("sent", func(f family) any { return uint32(f.Advertised) }))),
 	)
 	l.parse = func(_, v string) (string, error) { return strings.TrimPrefix(v, "openconfig-bgp-types:"), nil }
 	l.configured = true
 	return l
+}
+
+// installed counts the routes with a next hop at addr. A node announces
+// itself as the next hop (MetalLB, Calico and Cilium do), so these are
+// the prefixes whose installed route goes through the peer at addr; a
+// node that names another next hop shows 0.
+func installed(routes []bgp.Learned, addr netip.Addr) int {
+	n := 0
+	for _, r := range routes {
+		if slices.Contains(r.NextHops, addr) {
+			n++
+		}
+	}
+	return n
 }
 
 // porticoNeighbors is what OpenConfig has no leaf for.
