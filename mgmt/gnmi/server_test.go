@@ -12,12 +12,14 @@ import (
 	"time"
 
 	gpb "github.com/openconfig/gnmi/proto/gnmi"
+	goyang "github.com/openconfig/goyang/pkg/yang"
 	"github.com/openconfig/ygot/ygot"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"portico.dev/appliance/control/bgp"
 	"portico.dev/appliance/datapath/route"
+	"portico.dev/appliance/mgmt/yang"
 )
 
 // fakeState is a State with fixed contents; it counts what a Get reads.
@@ -414,5 +416,65 @@ func TestCapabilities(t *testing.T) {
 	}
 	if resp.GetGNMIVersion() == "" {
 		t.Error("no gNMI version")
+	}
+}
+
+// Every element the server serves in origin portico is in portico.yang,
+// as the same kind (container, list with the same keys, leaf, leaf-list),
+// and config false there where the server calls it state.
+func TestModelMatchesYANG(t *testing.T) {
+	ms := goyang.NewModules()
+	if err := ms.Parse(yang.Module, "portico.yang"); err != nil {
+		t.Fatal(err)
+	}
+	if errs := ms.Process(); len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	mod, errs := ms.GetModule(yang.Name)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	var walk func(n *node, e *goyang.Entry, at string)
+	walk = func(n *node, e *goyang.Entry, at string) {
+		for _, c := range n.children {
+			p := at + "/" + c.name
+			ce := e.Dir[c.name]
+			if ce == nil {
+				t.Errorf("%s is not in portico.yang", p)
+				continue
+			}
+			switch c.kind {
+			case containerKind:
+				if !ce.IsContainer() {
+					t.Errorf("%s: a container in the server, not in the module", p)
+				}
+			case listKind:
+				if !ce.IsList() || ce.Key != strings.Join(c.keys, " ") {
+					t.Errorf("%s: a list keyed by %v in the server; in the module list %v key %q", p, c.keys, ce.IsList(), ce.Key)
+				}
+			case leafKind:
+				if !ce.IsLeaf() {
+					t.Errorf("%s: a leaf in the server, not in the module", p)
+				}
+			case leafListKind:
+				if !ce.IsLeafList() {
+					t.Errorf("%s: a leaf-list in the server, not in the module", p)
+				}
+			}
+			if (c.kind == leafKind || c.kind == leafListKind) && c.config != !ce.ReadOnly() {
+				t.Errorf("%s: config %v in the server, %v in the module", p, c.config, !ce.ReadOnly())
+			}
+			walk(c, ce, p)
+		}
+	}
+	served := 0
+	for _, top := range newServer(newFake()).root.children {
+		if originOf(top.name) == OriginPortico {
+			served++
+			walk(&node{children: []*node{top}}, mod, "")
+		}
+	}
+	if served != 3 {
+		t.Errorf("%d top-level portico elements, want vips, bgp and routes", served)
 	}
 }
