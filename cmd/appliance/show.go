@@ -267,6 +267,7 @@ func showBGPRoutes(ctx context.Context, c *gnmi.Client, _ []string) (any, [][]st
 type routeRow struct {
 	Prefix   string       `json:"prefix" yaml:"prefix"`
 	Metric   uint64       `json:"metric" yaml:"metric"`
+	Index    uint64       `json:"index" yaml:"index"` // among the routes of its prefix and metric
 	Protocol string       `json:"protocol" yaml:"protocol"`
 	Type     string       `json:"type" yaml:"type"`
 	NextHops []nextHopRow `json:"next-hops,omitempty" yaml:"next-hops,omitempty"`
@@ -283,17 +284,18 @@ func showRoutes(ctx context.Context, c *gnmi.Client, _ []string) (any, [][]strin
 	if err != nil {
 		return nil, nil, err
 	}
-	// A route is keyed by prefix and metric; hops are keyed by index
-	// within it.
-	type key struct{ prefix, metric string }
+	// A route is keyed by prefix, metric and index; hops are keyed by
+	// index within it.
+	type key struct{ prefix, metric, index string }
 	var order []key
 	byKey := map[key]*routeRow{}
 	for _, l := range leaves {
-		k := key{l.Key("route", "prefix"), l.Key("route", "metric")}
+		k := key{l.Key("route", "prefix"), l.Key("route", "metric"), l.Key("route", "index")}
 		r := byKey[k]
 		if r == nil {
 			r = &routeRow{Prefix: k.prefix}
 			r.Metric, _ = strconv.ParseUint(k.metric, 10, 32)
+			r.Index, _ = strconv.ParseUint(k.index, 10, 16)
 			byKey[k] = r
 			order = append(order, k)
 		}

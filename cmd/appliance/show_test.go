@@ -47,6 +47,10 @@ func (shownState) KernelRoutes(context.Context) ([]route.TableRoute, error) {
 				{Addr: netip.MustParseAddr("192.0.2.11"), Interface: "eth0", Weight: 1},
 				{Addr: netip.MustParseAddr("192.0.2.12"), Interface: "eth0", Weight: 2}}},
 		{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Protocol: "static", Type: "blackhole"},
+		{Prefix: netip.MustParsePrefix("fe80::/64"), Protocol: "kernel", Type: "unicast", Metric: 256,
+			NextHops: []route.TableNextHop{{Interface: "eth0", Weight: 1}}},
+		{Prefix: netip.MustParsePrefix("fe80::/64"), Protocol: "kernel", Type: "unicast", Metric: 256,
+			NextHops: []route.TableNextHop{{Interface: "eth1", Weight: 1}}},
 	}, nil
 }
 
@@ -112,7 +116,9 @@ func TestShowTables(t *testing.T) {
 				"192.0.2.0/24     0       kernel    unicast    dev eth0\n"+
 				"203.0.113.20/32  20      bgp       unicast    via 192.0.2.11 dev eth0 weight 1\n"+
 				"                                              via 192.0.2.12 dev eth0 weight 2\n"+
-				"198.51.100.0/24  0       static    blackhole  \n") + `$`},
+				"198.51.100.0/24  0       static    blackhole  \n"+
+				"fe80::/64        256     kernel    unicast    dev eth0\n"+
+				"fe80::/64        256     kernel    unicast    dev eth1\n") + `$`},
 		{[]string{"show", "vips"}, `^` + regexp.QuoteMeta(
 			"NAME  ADDRESS       PORT  PROTO  SCHEDULER    SNAT   BACKENDS UP  PACKETS  BYTES\n"+
 				"web   203.0.113.10  80    tcp    maglev       false  1/2          10       1000\n"+
@@ -180,7 +186,7 @@ func TestShowJSONAndYAML(t *testing.T) {
 	if err := json.Unmarshal([]byte(js), &routes); err != nil {
 		t.Fatal(err)
 	}
-	if len(routes) != 3 || len(routes[1].NextHops) != 2 || routes[1].NextHops[1] != (nextHopRow{Address: "192.0.2.12", Interface: "eth0", Weight: 2}) {
+	if len(routes) != 5 || routes[4].Index != 1 || len(routes[1].NextHops) != 2 || routes[1].NextHops[1] != (nextHopRow{Address: "192.0.2.12", Interface: "eth0", Weight: 2}) {
 		t.Errorf("routes %+v", routes)
 	}
 }

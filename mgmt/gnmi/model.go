@@ -202,9 +202,18 @@ func bgpRoutes(st State) *node {
 	return n
 }
 
+// kernelRoutes is the kernel's main table. A prefix and metric do not
+// name one route: IPv6 keeps a route per interface for fe80::/64, and
+// "ip route append" adds more. The third key, index, tells apart the
+// routes of one prefix and metric, in the kernel's order.
 func kernelRoutes(st State) *node {
-	prefix := func(r route.TableRoute) any { return r.Prefix.String() }
-	metric := func(r route.TableRoute) any { return uint32(r.Metric) }
+	type kroute struct {
+		route.TableRoute
+		index int // among the routes of its prefix and metric
+	}
+	prefix := func(r kroute) any { return r.Prefix.String() }
+	metric := func(r kroute) any { return uint32(r.Metric) }
+	index := func(r kroute) any { return uint16(r.index) }
 	type hop struct {
 		index int
 		route.TableNextHop
@@ -213,7 +222,7 @@ func kernelRoutes(st State) *node {
 	hops := list("next-hop", []string{"index"},
 		func(_ context.Context, parent any) ([]hop, func(hop) map[string]string, error) {
 			var out []hop
-			for i, h := range parent.(route.TableRoute).NextHops {
+			for i, h := range parent.(kroute).NextHops {
 				out = append(out, hop{i, h})
 			}
 			return out, func(h hop) map[string]string { return map[string]string{"index": strconv.Itoa(h.index)} }, nil
@@ -231,25 +240,41 @@ func kernelRoutes(st State) *node {
 			leaf("weight", func(h hop) any { return uint16(h.Weight) })),
 	)
 	hops.parse = parseUint(16)
-	n := list("route", []string{"prefix", "metric"},
-		func(ctx context.Context, _ any) ([]route.TableRoute, func(route.TableRoute) map[string]string, error) {
+	n := list("route", []string{"prefix", "metric", "index"},
+		func(ctx context.Context, _ any) ([]kroute, func(kroute) map[string]string, error) {
 			rs, err := st.KernelRoutes(ctx)
-			return rs, func(r route.TableRoute) map[string]string {
-				return map[string]string{"prefix": r.Prefix.String(), "metric": strconv.Itoa(r.Metric)}
+			out := make([]kroute, len(rs))
+			type pm struct {
+				p netip.Prefix
+				m int
+			}
+			seen := map[pm]int{}
+			for i, r := range rs {
+				k := pm{r.Prefix, r.Metric}
+				out[i] = kroute{r, seen[k]}
+				seen[k]++
+			}
+			return out, func(r kroute) map[string]string {
+				return map[string]string{"prefix": r.Prefix.String(), "metric": strconv.Itoa(r.Metric), "index": strconv.Itoa(r.index)}
 			}, err
 		},
 		leaf("prefix", prefix),
 		leaf("metric", metric),
+		leaf("index", index),
 		container("state",
 			leaf("prefix", prefix),
 			leaf("metric", metric),
-			leaf("protocol", func(r route.TableRoute) any { return r.Protocol }),
-			leaf("type", func(r route.TableRoute) any { return r.Type })),
+			leaf("index", index),
+			leaf("protocol", func(r kroute) any { return r.Protocol }),
+			leaf("type", func(r kroute) any { return r.Type })),
 		container("next-hops", hops),
 	)
 	n.parse = func(k, v string) (string, error) {
-		if k == "metric" {
+		switch k {
+		case "metric":
 			return parseUint(32)(k, v)
+		case "index":
+			return parseUint(16)(k, v)
 		}
 		return parsePrefix(k, v)
 	}

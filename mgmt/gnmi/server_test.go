@@ -65,6 +65,10 @@ func newFake() *fakeState {
 			{Prefix: netip.MustParsePrefix("203.0.113.20/32"), Protocol: "bgp", Type: "unicast", Metric: 20,
 				NextHops: []route.TableNextHop{{Addr: node1, Interface: "eth0", Weight: 1}, {Addr: node2, Interface: "eth0", Weight: 1}}},
 			{Prefix: netip.MustParsePrefix("198.51.100.0/24"), Protocol: "static", Type: "blackhole"},
+			{Prefix: netip.MustParsePrefix("fe80::/64"), Protocol: "kernel", Type: "unicast", Metric: 256,
+				NextHops: []route.TableNextHop{{Interface: "eth0", Weight: 1}}},
+			{Prefix: netip.MustParsePrefix("fe80::/64"), Protocol: "kernel", Type: "unicast", Metric: 256,
+				NextHops: []route.TableNextHop{{Interface: "eth1", Weight: 1}}},
 		},
 		vips: []VIP{
 			{Name: "web", Address: netip.MustParseAddr("203.0.113.10"), Port: 80, Protocol: "tcp", Scheduler: "maglev",
@@ -223,23 +227,31 @@ func TestGet(t *testing.T) {
 			reads: []string{"bgp-routes"},
 		},
 		{
-			name:  "one kernel route by both keys, and the next hops of every route",
+			name:  "one kernel route by prefix and metric, and the next hops of every route",
 			paths: []string{"/routes/route[prefix=203.0.113.20/32][metric=20]/state", "/routes/route/next-hops/next-hop/state/address"},
-			want: "portico:/routes/route[metric=20][prefix=203.0.113.20/32]/state/prefix = \"203.0.113.20/32\"\n" +
-				"portico:/routes/route[metric=20][prefix=203.0.113.20/32]/state/metric = 20\n" +
-				"portico:/routes/route[metric=20][prefix=203.0.113.20/32]/state/protocol = \"bgp\"\n" +
-				"portico:/routes/route[metric=20][prefix=203.0.113.20/32]/state/type = \"unicast\"\n" +
-				"portico:/routes/route[metric=20][prefix=203.0.113.20/32]/next-hops/next-hop[index=0]/state/address = \"192.0.2.11\"\n" +
-				"portico:/routes/route[metric=20][prefix=203.0.113.20/32]/next-hops/next-hop[index=1]/state/address = \"192.0.2.12\"\n",
+			want: "portico:/routes/route[index=0][metric=20][prefix=203.0.113.20/32]/state/prefix = \"203.0.113.20/32\"\n" +
+				"portico:/routes/route[index=0][metric=20][prefix=203.0.113.20/32]/state/metric = 20\n" +
+				"portico:/routes/route[index=0][metric=20][prefix=203.0.113.20/32]/state/index = 0\n" +
+				"portico:/routes/route[index=0][metric=20][prefix=203.0.113.20/32]/state/protocol = \"bgp\"\n" +
+				"portico:/routes/route[index=0][metric=20][prefix=203.0.113.20/32]/state/type = \"unicast\"\n" +
+				"portico:/routes/route[index=0][metric=20][prefix=203.0.113.20/32]/next-hops/next-hop[index=0]/state/address = \"192.0.2.11\"\n" +
+				"portico:/routes/route[index=0][metric=20][prefix=203.0.113.20/32]/next-hops/next-hop[index=1]/state/address = \"192.0.2.12\"\n",
 			reads: []string{"kernel"},
 		},
 		{
 			name:  "routes of one prefix, any metric",
 			paths: []string{"/routes/route[prefix=192.0.2.0/24]/next-hops"},
-			want: "portico:/routes/route[metric=0][prefix=192.0.2.0/24]/next-hops/next-hop[index=0]/index = 0\n" +
-				"portico:/routes/route[metric=0][prefix=192.0.2.0/24]/next-hops/next-hop[index=0]/state/index = 0\n" +
-				"portico:/routes/route[metric=0][prefix=192.0.2.0/24]/next-hops/next-hop[index=0]/state/interface = \"eth0\"\n" +
-				"portico:/routes/route[metric=0][prefix=192.0.2.0/24]/next-hops/next-hop[index=0]/state/weight = 1\n",
+			want: "portico:/routes/route[index=0][metric=0][prefix=192.0.2.0/24]/next-hops/next-hop[index=0]/index = 0\n" +
+				"portico:/routes/route[index=0][metric=0][prefix=192.0.2.0/24]/next-hops/next-hop[index=0]/state/index = 0\n" +
+				"portico:/routes/route[index=0][metric=0][prefix=192.0.2.0/24]/next-hops/next-hop[index=0]/state/interface = \"eth0\"\n" +
+				"portico:/routes/route[index=0][metric=0][prefix=192.0.2.0/24]/next-hops/next-hop[index=0]/state/weight = 1\n",
+			reads: []string{"kernel"},
+		},
+		{
+			name:  "routes of one prefix and metric, one per interface, told apart by index",
+			paths: []string{"/routes/route[prefix=fe80::/64][metric=256]/next-hops/next-hop/state/interface"},
+			want: "portico:/routes/route[index=0][metric=256][prefix=fe80::/64]/next-hops/next-hop[index=0]/state/interface = \"eth0\"\n" +
+				"portico:/routes/route[index=1][metric=256][prefix=fe80::/64]/next-hops/next-hop[index=0]/state/interface = \"eth1\"\n",
 			reads: []string{"kernel"},
 		},
 		{
@@ -326,7 +338,7 @@ func TestGetRoot(t *testing.T) {
 	for _, want := range []string{
 		"openconfig:/network-instances/network-instance[name=default]/name = \"default\"",
 		"openconfig:/network-instances/network-instance[name=default]/protocols/protocol[identifier=BGP][name=BGP]/identifier = \"openconfig-policy-types:BGP\"",
-		"portico:/routes/route[metric=0][prefix=198.51.100.0/24]/state/type = \"blackhole\"",
+		"portico:/routes/route[index=0][metric=0][prefix=198.51.100.0/24]/state/type = \"blackhole\"",
 		"portico:/vips/vip[name=dns]/config/snat = true",
 	} {
 		if !strings.Contains(got, want+"\n") {
@@ -360,6 +372,8 @@ func TestGetErrors(t *testing.T) {
 			msg: "route[prefix=203.0.113.1/24]: not a network prefix: the address bits past /24 must be zero"},
 		{name: "a metric that is no number", path: "/routes/route[prefix=192.0.2.0/24][metric=low]", code: codes.InvalidArgument,
 			msg: "[metric=low]: not a 32-bit unsigned number"},
+		{name: "a route index out of range", path: "/routes/route[prefix=192.0.2.0/24][metric=0][index=65536]", code: codes.InvalidArgument,
+			msg: "[index=65536]: not a 16-bit unsigned number"},
 		{name: "a neighbor that is not configured", path: bgpNeighbors + "/neighbor[neighbor-address=192.0.2.99]/state", code: codes.NotFound,
 			msg: "no " + bgpNeighbors + "/neighbor[neighbor-address=192.0.2.99]"},
 		{name: "a network instance other than default", path: "/network-instances/network-instance[name=red]", code: codes.NotFound,
