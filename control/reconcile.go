@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"reflect"
 	"slices"
+	"sync/atomic"
 
 	"portico.dev/appliance/control/bgp"
 	"portico.dev/appliance/datapath/nft"
@@ -69,12 +70,16 @@ type AppliedStore interface {
 }
 
 // Reconciler owns the current Desired and makes the targets match it. It
-// is not safe for concurrent use: one goroutine (the daemon's) drives it.
+// is not safe for concurrent use: one goroutine (the daemon's) drives it;
+// only Applied may be called from others.
 type Reconciler struct {
 	t     Targets
 	store AppliedStore
 	log   *slog.Logger
 	cur   *Desired
+	// applied is the last Desired applied in full, for Applied; unlike
+	// cur, Resync does not clear it.
+	applied atomic.Pointer[Desired]
 }
 
 // NewReconciler wires a reconciler to its targets.
@@ -84,6 +89,11 @@ func NewReconciler(t Targets, store AppliedStore, log *slog.Logger) *Reconciler 
 
 // Current is the last Desired applied in full, nil before the first.
 func (r *Reconciler) Current() *Desired { return r.cur }
+
+// Applied is the last Desired applied in full, nil before the first: what
+// the datapath holds. Unlike the other methods it may be called from any
+// goroutine (the gNMI server reads it); the caller must not change it.
+func (r *Reconciler) Applied() *Desired { return r.applied.Load() }
 
 // Apply makes the targets hold d. A Desired equal to the current one
 // changes nothing. The order keeps traffic flowing: VIP addresses are added
@@ -126,6 +136,7 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) error {
 		return fmt.Errorf("reconcile: %w", err)
 	}
 	r.cur = &d
+	r.applied.Store(&d)
 	r.log.Info("applied", "vips", len(d.VIPs))
 	return nil
 }

@@ -99,6 +99,9 @@ store.Save`,
 		if cur := r.Current(); cur == nil || !reflect.DeepEqual(*cur, d) {
 			t.Errorf("%s: Current() is not the applied Desired", st.name)
 		}
+		if a := r.Applied(); a == nil || !reflect.DeepEqual(*a, d) {
+			t.Errorf("%s: Applied() is not the applied Desired", st.name)
+		}
 		services, addrs, _, _ := w.state()
 		if !reflect.DeepEqual(services, d.Services()) || !slices.Equal(addrs, d.Addresses()) {
 			t.Errorf("%s: the targets hold %v and %v", st.name, services, addrs)
@@ -158,6 +161,9 @@ func TestReconcilerFailures(t *testing.T) {
 			}
 			if cur := r.Current(); cur == nil || !reflect.DeepEqual(*cur, d1) {
 				t.Error("a failed Apply changed Current()")
+			}
+			if a := r.Applied(); a == nil || !reflect.DeepEqual(*a, d1) {
+				t.Error("a failed Apply changed Applied()")
 			}
 			if _, _, saved, n := w.state(); n != saves || string(saved) != string(saved1) {
 				t.Errorf("a failed Apply saved (%d saves, want %d)", n, saves)
@@ -223,6 +229,10 @@ func TestReconcilerResync(t *testing.T) {
 	r.Resync()
 	if r.Current() != nil {
 		t.Error("Current() after Resync is not nil")
+	}
+	// The datapath still holds d: what the gNMI server shows.
+	if a := r.Applied(); a == nil || !reflect.DeepEqual(*a, d) {
+		t.Error("Applied() after Resync is not the Desired applied before")
 	}
 	if err := r.Apply(context.Background(), d); err != nil {
 		t.Fatal(err)

@@ -1,5 +1,6 @@
 // Command appliance is the Portico daemon and its command-line tools:
 // `appliance run` serves, `appliance validate` checks a configuration,
+// `appliance show` reads the running daemon over gNMI (mgmt/gnmi),
 // `appliance version` prints the build.
 package main
 
@@ -21,6 +22,17 @@ type exitError struct{ code int }
 func (e exitError) Error() string { return fmt.Sprintf("exit %d", e.code) }
 
 func main() {
+	if err := newRoot().Execute(); err != nil {
+		var ee exitError
+		if errors.As(err, &ee) {
+			os.Exit(ee.code)
+		}
+		fmt.Fprintln(os.Stderr, "appliance:", err)
+		os.Exit(1)
+	}
+}
+
+func newRoot() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "appliance",
 		Short:         "Portico edge appliance for Kubernetes networking",
@@ -29,15 +41,8 @@ func main() {
 	}
 	var configPath string
 	root.PersistentFlags().StringVar(&configPath, "config", DefaultConfigPath, "configuration file")
-	root.AddCommand(runCmd(&configPath), validateCmd(&configPath), versionCmd())
-	if err := root.Execute(); err != nil {
-		var ee exitError
-		if errors.As(err, &ee) {
-			os.Exit(ee.code)
-		}
-		fmt.Fprintln(os.Stderr, "appliance:", err)
-		os.Exit(1)
-	}
+	root.AddCommand(runCmd(&configPath), validateCmd(&configPath), versionCmd(), showCmd(&configPath))
+	return root
 }
 
 // printConfigErrors prints "path.to.field: reason" lines for a refused

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"portico.dev/appliance/datapath/addr"
 	"portico.dev/appliance/datapath/nft"
 	"portico.dev/appliance/datapath/route"
+	"portico.dev/appliance/mgmt/gnmi"
 	"portico.dev/appliance/store"
 )
 
@@ -119,6 +121,24 @@ func run(ctx context.Context, log *slog.Logger, path string, cfg *config.Config,
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
+
+	// The management server starts once the datapath holds the last
+	// state, so that the first answers show what is forwarding.
+	socket := cmp.Or(cfg.Management.GNMI.Socket, gnmi.DefaultSocket)
+	gl, err := gnmi.ListenUnix(socket)
+	if err != nil {
+		return err
+	}
+	gs := gnmi.New(daemonState{speaker: speaker, rec: rec, l4: l4}, log.With("component", "gnmi"))
+	gnmiDone := make(chan error, 1)
+	go func() { gnmiDone <- gs.Serve(gl) }()
+	defer func() {
+		gs.Stop()
+		if err := <-gnmiDone; err != nil {
+			log.Error("gnmi", "err", err)
+		}
+	}()
+	log.Info("gnmi serving", "socket", socket)
 
 	hm := health.NewManager(log, d.Notify)
 	defer hm.Close()

@@ -231,6 +231,8 @@ func TestParse(t *testing.T) {
 		{name: "pool v6", in: "pools: [{name: public, cidrs: ['2001:db8::/64'], auto-assign: true}]"},
 
 		// management
+		{name: "gnmi socket", in: "management: {gnmi: {socket: /tmp/a/gnmi.sock}}"},
+		{name: "gnmi socket relative", in: "management: {gnmi: {socket: run/gnmi.sock}}", want: []string{`management.gnmi.socket: must be an absolute path, not "run/gnmi.sock"`}},
 		{name: "metrics address", in: "management: {metrics: '[::1]:9273'}"},
 		{name: "metrics without host", in: "management: {metrics: ':9273'}", want: []string{`management.metrics: not address:port: ":9273"`}},
 		{name: "metrics host name", in: "management: {metrics: 'localhost:9273'}", want: []string{`management.metrics: not address:port: "localhost:9273"`}},

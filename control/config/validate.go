@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -207,6 +208,9 @@ func (c *Config) Validate() Errors {
 		}
 	}
 	validateBGP(&c.BGP, bad)
+	if s := c.Management.GNMI.Socket; s != "" && !filepath.IsAbs(s) {
+		bad("management.gnmi.socket", "must be an absolute path, not %q", s)
+	}
 	if m := c.Management.Metrics; m != "" {
 		if _, err := netip.ParseAddrPort(m); err != nil {
 			bad("management.metrics", "not address:port: %q", m)

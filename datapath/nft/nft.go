@@ -449,8 +449,13 @@ type Counters struct {
 	Backends map[Key]map[netip.AddrPort]Counter
 }
 
-// Counters reads the counters of every VIP and backend in the table.
+// Counters reads the counters of every VIP and backend in the table. It
+// may be called from any goroutine, beside Set.
 func (t *Target) Counters(ctx context.Context) (Counters, error) {
+	// The lasting connection is shared: a read must not run into the
+	// middle of Set's batch.
+	t.mu.Lock()
+	defer t.mu.Unlock()
 	out := Counters{VIPs: map[Key]Counter{}, Backends: map[Key]map[netip.AddrPort]Counter{}}
 	for _, set := range []*nftables.Set{t.o.vipCounters4, t.o.vipCounters6} {
 		elems, err := t.elements(set)
