@@ -172,9 +172,10 @@ type NeighborState struct {
 	// the peer's routes while the peer restarts if the peer also listed the session's
 	// address family, which a peer that is only "aware" of graceful restart does not.
 	GracefulRestart bool
-	// Restarting is true while the peer restarts gracefully: its session went down and
-	// the Speaker keeps its routes, marked stale, until it comes back and sends
-	// End-of-RIB or its restart time ends.
+	// Restarting is true while the peer restarts gracefully: its session went down
+	// without a notification, it had listed the session's address family, and the
+	// Speaker keeps its routes, marked stale, until it comes back and sends End-of-RIB
+	// or its restart time ends.
 	Restarting bool
 	// Stale counts the received prefixes that are kept from before the peer restarted.
 	Stale int

@@ -47,6 +47,9 @@ func TestNodeGracefulRestart(t *testing.T) {
 		n, _ := st.neighbor("node1")
 		return n.State != "established" && n.Restarting && n.Stale == 1 && routesString(st.Routes) == via(hop1)
 	})
+	if n, _ := st.neighbor("node2"); n.Restarting || n.Stale != 0 || n.Received != 0 {
+		t.Errorf("node2, only aware of graceful restart, after BIRD was killed: %+v, want nothing kept", n)
+	}
 	b1.start()
 	down := time.Now()
 	for {

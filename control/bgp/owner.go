@@ -363,7 +363,8 @@ func (o *owner) noteState(ps *peerState, st *apiutil.PeerState) {
 	switch reason := st.DisconnectReason; {
 	case up && !ps.up:
 		o.log.Info("session established", "peer", ps.Name)
-	case !up && ps.up && reason == api.PeerState_DISCONNECT_REASON_GRACEFUL_RESTART:
+	case !up && ps.up && reason == api.PeerState_DISCONNECT_REASON_GRACEFUL_RESTART && len(ps.rib) > 0:
+		// gobgp has dropped the routes of the families the peer did not list.
 		o.log.Warn("session down; the peer restarts gracefully, its routes are kept until it is back or its restart time ends",
 			"peer", ps.Name, "routes", len(ps.rib))
 		o.markStale(ps)
@@ -419,14 +420,18 @@ func (o *owner) neighbors(states map[netip.Addr]*api.Peer) []neighbor {
 			if n.State == "established" {
 				n.since = st.GetTimers().GetState().GetUptime().AsTime()
 			}
+			listed := false // the peer listed the session's family in its graceful-restart capability
 			for _, af := range st.GetAfiSafis() {
 				n.Advertised += int(af.GetState().GetAdvertised())
 				n.Received += int(af.GetState().GetReceived())
+				listed = listed || af.GetMpGracefulRestart().GetState().GetReceived()
 			}
 			n.GracefulRestart = o.global.GracefulRestart.Enabled && slices.ContainsFunc(st.GetState().GetRemoteCap(), func(c *api.Capability) bool {
 				return c.GetGracefulRestart() != nil
 			})
-			n.Restarting = st.GetGracefulRestart().GetPeerRestarting()
+			// gobgp says restarting of a peer that listed no family too, and keeps
+			// none of its routes.
+			n.Restarting = st.GetGracefulRestart().GetPeerRestarting() && listed
 		}
 		if ps.Role == Node {
 			n.Received, n.Accepted, n.Rejected = len(ps.rib), ps.accepted, len(ps.rib)-ps.accepted
