@@ -145,13 +145,11 @@ func isBFDReset(r api.PeerState_DisconnectReason, msg string) bool {
 
 // gate gives gobgp each peer's BFD configuration while, and only while, its session is
 // established and the peer has not set BFD AdminDown, and re-creates each peer for
-// which a reset is queued. It returns whether it changed anything.
-func (o *owner) gate(ctx context.Context) bool {
-	changed := false
+// which a reset is queued.
+func (o *owner) gate(ctx context.Context) {
 	for _, ps := range o.sorted() {
 		if ps.resetsPending > 0 && !ps.up {
 			o.recreate(ctx, ps)
-			changed = true
 			continue
 		}
 		want := ps.BFD.Enabled() && ps.up && !ps.adminDown
@@ -164,9 +162,7 @@ func (o *owner) gate(ctx context.Context) bool {
 			continue
 		}
 		ps.bfdOn, ps.bfd = want, "down"
-		changed = true
 	}
-	return changed
 }
 
 // recreate deletes and adds again ps's peer in gobgp, whose session is down, so that
@@ -182,6 +178,7 @@ func (o *owner) recreate(ctx context.Context, ps *peerState) {
 	if err := o.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(ps.Peer, o.global, false, false)}); err != nil {
 		// The peer is gone from gobgp: the next Set adds it again.
 		o.log.Error("re-create peer: add", "peer", ps.Name, "err", err)
+		o.dropAll(ps)
 		delete(o.peers, ps.Name)
 		delete(o.addrs, ps.Address)
 	}
@@ -220,9 +217,11 @@ func (o *owner) poll(ctx context.Context) {
 // protected by it: at once when the peer set BFD AdminDown, or after bfdGrace; and logs
 // when it is protected again.
 func (o *owner) warnUnprotected(ps *peerState, now time.Time) {
-	unprotected := ps.up && ps.bfdName() != "up"
 	switch {
-	case !unprotected:
+	case !ps.up:
+		ps.unprotectedSince, ps.warned = time.Time{}, false
+		return
+	case ps.bfdName() == "up":
 		if ps.warned {
 			o.log.Info("session protected by BFD again", "peer", ps.Name)
 		}
@@ -237,7 +236,7 @@ func (o *owner) warnUnprotected(ps *peerState, now time.Time) {
 	ps.warned = true
 	if ps.adminDown {
 		o.log.Warn("the peer set its BFD session AdminDown: the session stays up, unprotected by BFD; failures are found by the hold timer only",
-			"peer", ps.Name, "hold-time", ps.HoldTime)
+			"peer", ps.Name)
 		return
 	}
 	o.log.Warn("session established but BFD is not up: failures are found by the hold timer only",

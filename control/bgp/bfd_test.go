@@ -315,3 +315,24 @@ func TestBFDAdminDown(t *testing.T) {
 		t.Errorf("bfdd's session: %q, want up", s)
 	}
 }
+
+// TestBFDUnprotected has BFD configured for a node that runs none: the session comes
+// up all the same, as gobgp lets it, and is reported and logged as unprotected.
+func TestBFDUnprotected(t *testing.T) {
+	t.Parallel()
+	lab := topo.UpT(t, labFile)
+	sp := startSpeaker(t, lab)
+	vip, accept := netip.MustParsePrefix("203.0.113.10/32"), netip.MustParsePrefix("203.0.113.0/24")
+	startBird(t, lab, "node1", nodeConf(1, false, 64512, statics("static1 "+vip.String())))
+	sp.mustSet(Config{Global: applianceGlobal, Peers: []Peer{bfdPeer(1, 100*time.Millisecond, accept)}})
+	st := sp.waitFor("the session up, unprotected", func(st speakerState) bool {
+		n, _ := st.neighbor("node1")
+		return n.State == "established" && n.Unprotected && len(st.Routes) == 1
+	})
+	if n, _ := st.neighbor("node1"); n.BFD != "down" {
+		t.Errorf("node1: BFD %q, want down", n.BFD)
+	}
+	sp.waitFor("the warning", func(speakerState) bool {
+		return countLines(sp.proc.Output(), "level=WARN", "BFD is not up", "peer=node1") == 1
+	})
+}
