@@ -101,10 +101,10 @@ func compileBGP(c config.BGP, d Desired, warns []Warning) (bgp.Config, []Warning
 		return out, warns
 	}
 	out.Global = bgp.Global{ASN: c.ASN, RouterID: netip.MustParseAddr(c.RouterID), ListenPort: c.ListenPort}
-	if c.GracefulRestart.Enabled {
-		warns = append(warns, Warning{"bgp.graceful-restart", "not active in this release: sessions do not negotiate graceful restart"})
+	if gr := c.GracefulRestart; gr.Enabled {
+		out.Global.GracefulRestart = bgp.GracefulRestart{Enabled: true, RestartTime: gr.RestartTime}
 	}
-	for i, p := range c.Peers {
+	for _, p := range c.Peers {
 		peer := bgp.Peer{
 			Name: p.Name, Address: netip.MustParseAddr(p.Address), ASN: p.ASN, Password: p.Password,
 			Multihop: p.Multihop, HoldTime: p.HoldTime, Keepalive: p.Keepalive,
@@ -117,7 +117,7 @@ func compileBGP(c config.BGP, d Desired, warns []Warning) (bgp.Config, []Warning
 			peer.Accept = append(peer.Accept, netip.MustParsePrefix(a))
 		}
 		if p.BFD.Enabled {
-			warns = append(warns, Warning{fmt.Sprintf("bgp.peers[%d].bfd", i), "not active in this release: the session is not protected by BFD"})
+			peer.BFD = bgp.BFD{Interval: p.BFD.Interval, Multiplier: p.BFD.Multiplier}
 		}
 		out.Peers = append(out.Peers, peer)
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"portico.dev/appliance/control"
+	"portico.dev/appliance/control/bgp"
 	"portico.dev/appliance/control/config"
 	"portico.dev/appliance/control/health"
 	"portico.dev/appliance/control/maglev"
@@ -448,5 +449,54 @@ func TestDesiredViews(t *testing.T) {
 	var empty control.Desired
 	if len(empty.Services()) != 0 || len(empty.Addresses()) != 0 || len(empty.HealthTargets()) != 0 || len(empty.Health()) != 0 {
 		t.Error("an empty Desired has something")
+	}
+}
+
+func TestCompileBGP(t *testing.T) {
+	c := parse(t, `
+vips:
+  - {name: web, address: 203.0.113.10, port: 80, backends: [{address: 10.0.1.11:8080}]}
+  - {name: idle, address: 203.0.113.20, port: 80}
+bgp:
+  asn: 65000
+  router-id: 10.0.0.1
+  graceful-restart: {enabled: true, restart-time: 90s}
+  peers:
+    - {name: node1, address: 10.0.1.2, asn: 64512, role: node, accept: [203.0.113.0/24], max-prefixes: 10,
+       bfd: {enabled: true, interval: 100ms, multiplier: 5}}
+    - {name: node2, address: 10.0.2.2, asn: 64512, role: node, bfd: {enabled: true}}
+    - {name: up, address: 10.0.4.2, asn: 65100, role: upstream, hold-time: 30s, communities: ["65000:100"]}
+`)
+	d, warns := control.Compile(control.Inputs{Config: c})
+	// Only the idle VIP warns: BFD and graceful restart are active, not "not active".
+	if len(warns) != 1 || warns[0].Path != "vips[1]" {
+		t.Errorf("warnings %v, want only vips[1]'s", warns)
+	}
+	want := bgp.Config{
+		Global: bgp.Global{ASN: 65000, RouterID: netip.MustParseAddr("10.0.0.1"), ListenPort: 179,
+			GracefulRestart: bgp.GracefulRestart{Enabled: true, RestartTime: 90 * time.Second}},
+		Peers: []bgp.Peer{
+			{Name: "node1", Address: netip.MustParseAddr("10.0.1.2"), ASN: 64512, Role: bgp.Node,
+				HoldTime: 9 * time.Second, Keepalive: 3 * time.Second,
+				Accept: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}, MaxPrefixes: 10,
+				BFD: bgp.BFD{Interval: 100 * time.Millisecond, Multiplier: 5}},
+			{Name: "node2", Address: netip.MustParseAddr("10.0.2.2"), ASN: 64512, Role: bgp.Node,
+				HoldTime: 9 * time.Second, Keepalive: 3 * time.Second,
+				BFD: bgp.BFD{Interval: 300 * time.Millisecond, Multiplier: 3}},
+			{Name: "up", Address: netip.MustParseAddr("10.0.4.2"), ASN: 65100, Role: bgp.Upstream,
+				HoldTime: 30 * time.Second, Keepalive: 10 * time.Second, Communities: []string{"65000:100"}},
+		},
+		// The idle VIP has no backend up, so it is not announced.
+		Advertisements: []bgp.Advertisement{{Prefix: netip.MustParsePrefix("203.0.113.10/32")}},
+	}
+	if !reflect.DeepEqual(d.BGP, want) {
+		t.Errorf("BGP:\n%+v\nwant:\n%+v", d.BGP, want)
+	}
+
+	c.BGP.GracefulRestart.Enabled = false
+	c.BGP.Peers[0].BFD.Enabled = false
+	d, _ = control.Compile(control.Inputs{Config: c})
+	if d.BGP.Global.GracefulRestart.Enabled || d.BGP.Peers[0].BFD.Enabled() {
+		t.Errorf("graceful restart and BFD off: %+v, %+v", d.BGP.Global.GracefulRestart, d.BGP.Peers[0].BFD)
 	}
 }

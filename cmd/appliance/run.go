@@ -150,7 +150,13 @@ func run(ctx context.Context, log *slog.Logger, path string, cfg *config.Config,
 		return err
 	}
 	if cleanup {
-		log.Info("cleanup: removing the datapath")
+		// BGP off first: every session closes with a Cease notification, so that
+		// upstream routers withdraw the VIPs at once instead of keeping them for the
+		// graceful-restart time, as a stop without cleanup has them do.
+		log.Info("cleanup: closing BGP sessions and removing the datapath")
+		if err := speaker.Set(context.Background(), bgp.Config{}); err != nil {
+			return err
+		}
 		if err := l4.Delete(context.Background()); err != nil {
 			return err
 		}

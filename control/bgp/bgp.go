@@ -10,18 +10,28 @@
 // gobgp runs the sessions and keeps what each peer sent (its Adj-RIB-In); the Speaker picks
 // the routes. gobgp's import policy refuses every route a peer sends, so gobgp's global RIB
 // holds only the appliance's own advertisements, and a route from a node can never reach an
-// upstream, whatever the export policy says. For each node the Speaker reads the
-// Adj-RIB-In, keeps what lies inside accept, and makes one Learned route per prefix with a
-// next hop for every node whose path ties with the best one on gobgp's own criteria (see
-// rank.compare); node ASNs play no part, so nodes that share an ASN and nodes that each
+// upstream, whatever the export policy says. The Speaker keeps a copy of each node's
+// Adj-RIB-In from gobgp's events (see rib.go) and, for each prefix that an event touches,
+// takes what lies inside accept and makes one Learned route with a next hop for every
+// node whose path ties with the best one on gobgp's own criteria (see rank.compare); node ASNs play no part, so nodes that share an ASN and nodes that each
 // have their own both give multipath. gobgp's multipath selection is not used because it
 // prefers a locally originated path to any learned one: a VIP that the appliance
 // advertises upstream and that nodes announce to it would hide every node's path.
 //
+// A peer may have a BFD session (RFC 5880, 5881), run by gobgp's own BFD, so that a
+// node that dies takes its next hop away within the BFD detection time rather than the
+// hold time. The Speaker runs a peer's BFD only while its BGP session is established,
+// which keeps gobgp v4.8.0 from queueing a reset for a session that is already down and
+// killing the next one with it (gobgp#3561); see bfd.go. A peer that sets its BFD session
+// AdminDown keeps its BGP session (RFC 5882 §3.2), unprotected; see admindown.go.
+//
+// With graceful restart (RFC 4724) on, every session negotiates it: a node that restarts
+// keeps its routes, marked stale, until it sends End-of-RIB or its restart time ends, and
+// when the Speaker stops (Run returns) it closes its sessions without a notification, so
+// that upstream routers keep the appliance's routes while it restarts.
+//
 // One goroutine, Run's, owns the gobgp server and all that the Speaker knows; Set sends it
 // requests, and Routes and Neighbors read a snapshot that it publishes under a mutex.
-//
-// BFD and graceful restart are not supported yet.
 package bgp
 
 import (
@@ -77,6 +87,28 @@ type Peer struct {
 	// Communities are, for an upstream, attached to all that is announced to it: standard
 	// ("65000:100") or large ("65000:1:2") communities.
 	Communities []string
+	// BFD, unless zero, runs a BFD session with the peer while the BGP session is up.
+	BFD BFD
+}
+
+// BFD is a peer's BFD session. The zero BFD is none.
+type BFD struct {
+	// Interval is the transmit interval the appliance wants and the receive interval
+	// it can take, in whole microseconds (BFD carries microseconds).
+	Interval time.Duration
+	// Multiplier is how many intervals without a packet take the session down, 1..255.
+	Multiplier int
+}
+
+// Enabled reports whether b is a BFD session.
+func (b BFD) Enabled() bool { return b != BFD{} }
+
+// GracefulRestart is the appliance's graceful restart (RFC 4724). The zero value is off.
+type GracefulRestart struct {
+	Enabled bool
+	// RestartTime is how long peers keep the appliance's routes once its sessions close
+	// without a notification: whole seconds, 1..4095 (12 bits in the capability).
+	RestartTime time.Duration
 }
 
 // Global is the speaker's own identity.
@@ -85,6 +117,9 @@ type Global struct {
 	RouterID    netip.Addr   // IPv4
 	ListenPort  int          // -1: do not listen (only connect out); 0: 179
 	ListenAddrs []netip.Addr // none: every address
+	// GracefulRestart applies to every session. The Speaker is then also the helper of
+	// peers that restart: it keeps their routes meanwhile.
+	GracefulRestart GracefulRestart
 }
 
 // Advertisement is a prefix the appliance announces to its upstream peers, with itself
@@ -120,8 +155,30 @@ type NeighborState struct {
 	Received, Accepted, Rejected int
 	Advertised                   int // prefixes announced to the peer
 	// LastError is why the session last went down other than by the Speaker's doing: a
-	// notification, the hold timer, a broken connection, max-prefixes. "" if it never did.
+	// notification, the hold timer, a broken connection, max-prefixes, BFD. "" if it
+	// never did.
 	LastError string
+
+	// BFD is the state of the peer's BFD session: "disabled" (the peer has none), "down",
+	// "init", "up", or "admin-down" (the peer turned its BFD session off, which leaves
+	// the BGP session up). BFD runs only while the BGP session is established, so it is
+	// "down" while the session is not.
+	BFD string
+	// Unprotected is true when the peer has BFD, the session is established and BFD is
+	// not up: a failure of the peer is found by the hold timer only.
+	Unprotected bool
+	// GracefulRestart is true when both sides advertised graceful restart: the peer
+	// keeps the appliance's routes while the appliance restarts. The appliance keeps
+	// the peer's routes while the peer restarts if the peer also listed the session's
+	// address family, which a peer that is only "aware" of graceful restart does not.
+	GracefulRestart bool
+	// Restarting is true while the peer restarts gracefully: its session went down
+	// without a notification, it had listed the session's address family, and the
+	// Speaker keeps its routes, marked stale, until it comes back and sends End-of-RIB
+	// or its restart time ends.
+	Restarting bool
+	// Stale counts the received prefixes that are kept from before the peer restarted.
+	Stale int
 }
 
 // Speaker is the appliance's BGP speaker. Run must be running for Set to work; Routes and
@@ -161,12 +218,17 @@ func New(log *slog.Logger, onChange func()) *Speaker {
 }
 
 // Run owns the gobgp server, which starts with the first Set whose Global has an ASN. It
-// returns nil when ctx ends, after stopping the server: every session is closed with a
-// Cease notification. Run must be called once.
+// returns nil when ctx ends, after stopping the server. Without graceful restart every
+// session is then closed with a Cease notification. With it, the sessions that
+// negotiated graceful restart are closed without one, as if the appliance had crashed,
+// so that their peers keep its routes for the restart time; the next Speaker's sessions
+// tell them that it restarted. Run must be called once.
 func (s *Speaker) Run(ctx context.Context) error {
 	defer close(s.done)
 	o := newOwner(s)
-	defer o.stopServer()
+	defer func() { o.stopServer(o.global.GracefulRestart.Enabled) }()
+	poll := time.NewTicker(bfdPoll)
+	defer poll.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -175,6 +237,10 @@ func (s *Speaker) Run(ctx context.Context) error {
 			req.err <- o.set(ctx, req.cfg)
 		case ev := <-o.events:
 			o.handle(ctx, ev)
+		case <-o.spy.state.wake:
+			o.handle(ctx, event{})
+		case <-poll.C:
+			o.poll(ctx)
 		}
 	}
 }

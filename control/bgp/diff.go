@@ -60,7 +60,8 @@ func diff(cur, next Config) plan {
 func sameSession(a, b Peer) bool {
 	return a.Address == b.Address && a.ASN == b.ASN && a.Role == b.Role &&
 		a.Password == b.Password && a.Multihop == b.Multihop &&
-		a.HoldTime == b.HoldTime && a.Keepalive == b.Keepalive && a.MaxPrefixes == b.MaxPrefixes
+		a.HoldTime == b.HoldTime && a.Keepalive == b.Keepalive && a.MaxPrefixes == b.MaxPrefixes &&
+		a.BFD == b.BFD
 }
 
 // missing returns the prefixes of a that b lacks, sorted.
@@ -82,5 +83,5 @@ func missing(a, b []Advertisement) []netip.Prefix {
 // equal reports whether g and h are the same identity.
 func (g Global) equal(h Global) bool {
 	return g.ASN == h.ASN && g.RouterID == h.RouterID && g.ListenPort == h.ListenPort &&
-		slices.Equal(g.ListenAddrs, h.ListenAddrs)
+		slices.Equal(g.ListenAddrs, h.ListenAddrs) && g.GracefulRestart == h.GracefulRestart
 }

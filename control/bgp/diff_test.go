@@ -47,6 +47,7 @@ func TestDiff(t *testing.T) {
 		{"new ASN resets the session", func(c *Config) { c.Peers[0].ASN = 64513 }, "remove node1\nadd node1\n"},
 		{"new hold time resets the session", func(c *Config) { c.Peers[0].HoldTime = 30 * time.Second }, "remove node1\nadd node1\n"},
 		{"new max-prefixes resets the session", func(c *Config) { c.Peers[0].MaxPrefixes = 200 }, "remove node1\nadd node1\n"},
+		{"BFD resets the session", func(c *Config) { c.Peers[0].BFD = BFD{Interval: time.Second, Multiplier: 3} }, "remove node1\nadd node1\n"},
 		{"new role resets the session", func(c *Config) { c.Peers[1].Role = Node; c.Peers[1].Communities = nil }, "remove up\nadd up\n"},
 		{"a renamed peer is another peer", func(c *Config) { c.Peers[0].Name = "node9" }, "remove node1\nadd node9\n"},
 		{"peers in another order", func(c *Config) { c.Peers[0], c.Peers[1] = c.Peers[1], c.Peers[0] }, ""},
@@ -84,6 +85,7 @@ func TestGlobalEqual(t *testing.T) {
 		func(g *Global) { g.RouterID = netip.MustParseAddr("10.0.0.2") },
 		func(g *Global) { g.ListenPort = -1 },
 		func(g *Global) { g.ListenAddrs = nil },
+		func(g *Global) { g.GracefulRestart = GracefulRestart{Enabled: true, RestartTime: time.Minute} },
 	} {
 		other := same
 		edit(&other)

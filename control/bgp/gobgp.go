@@ -26,6 +26,12 @@ const (
 	// the least gobgp takes, as 0 means its default. A session that goes down by itself
 	// stays idle 5 s, a constant of gobgp's; a peer that Set adds starts at once.
 	idleHoldAfterReset = time.Second
+	// deferralTime is the longest that gobgp, after the appliance restarted gracefully,
+	// holds back its updates waiting for the End-of-RIB of every peer with graceful
+	// restart (RFC 4724 §4.1). What the appliance announces does not depend on what
+	// peers send, so there is nothing to wait for but the End-of-RIB of peers that are
+	// up within a second; 0 would mean gobgp's default of 360 s.
+	deferralTime = time.Second
 )
 
 // Names of the routing policy in gobgp.
@@ -61,7 +67,10 @@ func apiGlobal(g Global) *api.Global {
 	return &api.Global{Asn: g.ASN, RouterId: g.RouterID.String(), ListenPort: port, ListenAddresses: addrs}
 }
 
-func apiPeer(p Peer) *api.Peer {
+// apiPeer returns gobgp's configuration of p under g: with p's BFD session if bfd, and
+// saying in its OPEN that the appliance restarted if restarting and g has graceful
+// restart.
+func apiPeer(p Peer, g Global, bfd, restarting bool) *api.Peer {
 	af := &api.AfiSafi{Config: &api.AfiSafiConfig{Family: apiFamily(p.Address), Enabled: true}}
 	if p.MaxPrefixes > 0 {
 		af.PrefixLimits = &api.PrefixLimit{Family: apiFamily(p.Address), MaxPrefixes: uint32(p.MaxPrefixes)}
@@ -83,6 +92,24 @@ func apiPeer(p Peer) *api.Peer {
 	}
 	if p.Multihop > 0 {
 		peer.EbgpMultihop = &api.EbgpMultihop{Enabled: true, MultihopTtl: uint32(p.Multihop)}
+	}
+	if gr := g.GracefulRestart; gr.Enabled {
+		peer.GracefulRestart = &api.GracefulRestart{
+			Enabled:         true,
+			RestartTime:     uint32(seconds(gr.RestartTime)),
+			DeferralTime:    uint32(seconds(deferralTime)),
+			LocalRestarting: restarting,
+		}
+		af.MpGracefulRestart = &api.MpGracefulRestart{Config: &api.MpGracefulRestartConfig{Enabled: true}}
+	}
+	if bfd && p.BFD.Enabled() {
+		us := uint32(p.BFD.Interval / time.Microsecond)
+		peer.Bfd = &api.BfdPeerConfig{
+			Enabled:                  true,
+			DesiredMinimumTxInterval: us,
+			RequiredMinimumReceive:   us,
+			DetectionMultiplier:      uint32(p.BFD.Multiplier),
+		}
 	}
 	return peer
 }

@@ -11,7 +11,9 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"text/template"
 	"time"
@@ -196,6 +198,13 @@ type birdConf struct {
 	ASN           uint32
 	Local, Remote netip.Addr                // the BIRD's address and the appliance's
 	Statics       map[string][]netip.Prefix // static protocol name: blackhole routes, announced
+	// HoldTime and Keepalive are seconds, 9 and 3 if 0.
+	HoldTime, Keepalive int
+	// BFD, unless 0, is the interval of a BFD session with the appliance, multiplier 3.
+	BFD time.Duration
+	// RestartTime, unless 0, turns graceful restart on with this restart time in
+	// seconds; BIRD is otherwise only graceful-restart aware (a helper).
+	RestartTime int
 }
 
 // nodeConf returns the configuration of the BIRD on node n (1..4, as nodeAddrs) that
@@ -216,15 +225,26 @@ protocol static {{$name}} {
 {{range $routes}}	route {{.}} blackhole;
 {{end}}}
 {{end}}
+{{if .BFD}}
+protocol bfd {
+	interface "*" {
+		interval {{.BFD.Milliseconds}} ms;
+		multiplier 3;
+	};
+}
+{{end}}
 protocol bgp appliance {
 	local {{.Local}} as {{.ASN}};
 	neighbor {{.Remote}} as {{.RemoteASN}};
-	hold time 9;
-	keepalive time 3;
+	hold time {{or .HoldTime 9}};
+	keepalive time {{or .Keepalive 3}};
 	connect delay time 1;
 	connect retry time 2;
 	error wait time 1, 4;
-	{{.Channel}} {
+{{if .BFD}}	bfd on;
+{{end}}{{if .RestartTime}}	graceful restart on;
+	graceful restart time {{.RestartTime}};
+{{end}}	{{.Channel}} {
 		import all;
 		export {{if .Statics}}all{{else}}none{{end}};
 	};
@@ -236,7 +256,9 @@ type bird struct {
 	t    *testing.T
 	lab  *topo.Lab
 	node string
+	dir  string // of its configuration, socket and pid file
 	sock string
+	conf string
 	proc *topo.Proc
 }
 
@@ -244,7 +266,6 @@ type bird struct {
 func startBird(t *testing.T, lab *topo.Lab, node string, c birdConf) *bird {
 	t.Helper()
 	dir := t.TempDir()
-	conf := filepath.Join(dir, "bird.conf")
 	var text bytes.Buffer
 	channel := "ipv4"
 	if c.Local.Is6() {
@@ -258,28 +279,46 @@ func startBird(t *testing.T, lab *topo.Lab, node string, c birdConf) *bird {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(conf, text.Bytes(), 0o644); err != nil {
+	b := &bird{t: t, lab: lab, node: node, dir: dir, sock: filepath.Join(dir, "bird.ctl"), conf: text.String()}
+	if err := os.WriteFile(filepath.Join(dir, "bird.conf"), text.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	b := &bird{t: t, lab: lab, node: node, sock: filepath.Join(dir, "bird.ctl")}
-	b.proc, err = lab.Start(context.Background(), node, "bird", "-f", "-c", conf, "-s", b.sock, "-P", filepath.Join(dir, "bird.pid"))
+	b.start()
+	return b
+}
+
+// start starts BIRD and waits until it answers birdc.
+func (b *bird) start() {
+	b.t.Helper()
+	var err error
+	b.proc, err = b.lab.Start(context.Background(), b.node, "bird", "-f", "-c", filepath.Join(b.dir, "bird.conf"), "-s", b.sock, "-P", filepath.Join(b.dir, "bird.pid"))
 	if err != nil {
-		t.Fatal(err)
+		b.t.Fatal(err)
 	}
 	deadline := time.Now().Add(waitTimeout)
 	for {
 		if _, err := b.birdc("show", "status"); err == nil {
-			return b
+			return
 		}
 		select {
 		case <-b.proc.Done():
-			t.Fatalf("bird on %s exited: %v\n%s\n%s", node, b.proc.Wait(), b.proc.Output(), text.String())
+			b.t.Fatalf("bird on %s exited: %v\n%s\n%s", b.node, b.proc.Wait(), b.proc.Output(), b.conf)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("bird on %s does not answer:\n%s", node, b.proc.Output())
+			b.t.Fatalf("bird on %s does not answer:\n%s", b.node, b.proc.Output())
 		}
 	}
+}
+
+// kill kills BIRD with SIGKILL, as a crash would: its sessions end without a
+// notification.
+func (b *bird) kill() {
+	b.t.Helper()
+	if err := b.proc.Signal(syscall.SIGKILL); err != nil {
+		b.t.Fatal(err)
+	}
+	<-b.proc.Done()
 }
 
 // birdc runs a birdc command and returns its output.
@@ -309,6 +348,21 @@ func (b *bird) session() string {
 	}
 	b.t.Fatalf("bird on %s: no protocol appliance", b.node)
 	return ""
+}
+
+// oneSession reports whether two lines of session are about one session: the same
+// state since the same moment. BIRD prints that moment as the wall-clock time that its
+// monotonic clock gives at each print, so one moment can print a millisecond apart.
+func oneSession(a, b string) bool {
+	fa, fb := strings.Fields(a), strings.Fields(b)
+	if len(fa) < 5 || len(fb) < 5 {
+		return false
+	}
+	ta, errA := time.Parse("15:04:05.000", fa[4])
+	tb, errB := time.Parse("15:04:05.000", fb[4])
+	d := ta.Sub(tb).Abs()
+	fa[4], fb[4] = "", ""
+	return errA == nil && errB == nil && d < 50*time.Millisecond && slices.Equal(fa, fb)
 }
 
 // waitFor polls birdc args until ok holds for its output, or fails the test. birdc's exit

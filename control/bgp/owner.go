@@ -23,14 +23,22 @@ type owner struct {
 	s      *Speaker
 	log    *slog.Logger
 	events chan event // from gobgp's watcher to Run
+	spy    resetSpy   // gobgp logs through it; it counts the resets gobgp is asked for
+	guard  *adminDownGuard
 
 	srv       *server.BgpServer // nil while BGP is off
 	stopWatch context.CancelFunc
+	started   bool                    // a server was started before in this Run
 	global    Global                  // that srv runs with
 	policy    *api.SetPoliciesRequest // in srv
 	peers     map[string]*peerState   // in srv, by name
 	addrs     map[netip.Addr]*peerState
 	advs      map[netip.Prefix]bool // announced in srv
+
+	// What Routes returns, kept up to date one prefix at a time (see rib.go).
+	learned map[netip.Prefix]Learned
+	routes  []Learned             // learned, sorted by prefix; never changed in place
+	dirty   map[netip.Prefix]bool // prefixes whose paths changed since the last relearn
 }
 
 // peerState is what the owner knows of one peer in gobgp.
@@ -39,43 +47,72 @@ type peerState struct {
 	up        bool // established, as gobgp last said
 	lastError string
 	shutdown  bool // the max-prefixes shutdown has been logged
-	// From the last read of a node's Adj-RIB-In:
-	received int
-	accepted []candidate
+	// addedRestarting: the peer was added by the Set that started gobgp in this Run,
+	// with graceful restart on, so its first session tells the peer that the appliance
+	// restarted (see startServer).
+	addedRestarting bool
+	// A node's routes, as gobgp's Adj-RIB-In holds them (see rib.go):
+	rib      map[netip.Prefix]ribPath
+	accepted int                   // paths in rib that Accept allows
+	stale    int                   // paths in rib kept from before the node restarted
 	refused  map[netip.Prefix]bool // refused and logged, each once while Accept stays
+
+	// BFD (see bfd.go):
+	bfdOn     bool   // gobgp has the peer's BFD configuration
+	bfd       string // the state of gobgp's BFD session while bfdOn
+	adminDown bool   // the peer set its BFD session AdminDown
+	// resetsPending counts the hard resets gobgp was asked for that no session has gone
+	// down with yet; one pending while the session is down is queued.
+	resetsPending    int
+	unprotectedSince time.Time // since when the established session is not protected by BFD
+	warned           bool      // that it is unprotected has been logged
 }
 
-// event is a change that gobgp reports about the peer at addr: its new session state, or
-// if state is nil, routes that it sent.
+// event is a change that gobgp reports about the peer at addr: its new session state,
+// paths that it sent or that gobgp dropped, or its End-of-RIB.
 type event struct {
 	addr  netip.Addr
 	state *apiutil.PeerState
+	paths []*apiutil.Path
+	eor   bool
 }
 
 func newOwner(s *Speaker) *owner {
 	return &owner{
-		s:      s,
-		log:    s.log,
-		events: make(chan event, 256),
-		peers:  map[string]*peerState{},
-		addrs:  map[netip.Addr]*peerState{},
-		advs:   map[netip.Prefix]bool{},
+		s:       s,
+		log:     s.log,
+		events:  make(chan event, 256),
+		spy:     newResetSpy(s.log.Handler()),
+		guard:   newAdminDownGuard(),
+		peers:   map[string]*peerState{},
+		addrs:   map[netip.Addr]*peerState{},
+		advs:    map[netip.Prefix]bool{},
+		learned: map[netip.Prefix]Learned{},
+		dirty:   map[netip.Prefix]bool{},
 	}
 }
 
 // set makes gobgp match c, which is valid, and publishes the result.
 func (o *owner) set(ctx context.Context, c Config) error {
 	err := o.reconcile(ctx, c)
-	o.refresh(ctx, nil)
+	o.guardWant(o.hasBFD())
+	if o.srv != nil {
+		o.gate(ctx)
+	}
+	o.refresh(ctx)
 	return err
 }
 
 func (o *owner) reconcile(ctx context.Context, c Config) error {
+	restarting := false
 	if !c.Global.equal(o.global) {
-		o.stopServer()
+		o.stopServer(false)
 		if c.Global.ASN == 0 {
 			return nil
 		}
+		// The first sessions of a Speaker that starts with graceful restart on tell
+		// their peers that the appliance restarted; see startServer.
+		restarting = c.Global.GracefulRestart.Enabled && !o.started
 		if err := o.startServer(ctx, c.Global); err != nil {
 			return err
 		}
@@ -98,37 +135,14 @@ func (o *owner) reconcile(ctx context.Context, c Config) error {
 			errs = append(errs, fmt.Errorf("bgp: remove peer %q: %w", peer.Name, err))
 			continue
 		}
+		o.dropAll(o.peers[peer.Name])
 		delete(o.peers, peer.Name)
 		delete(o.addrs, peer.Address)
 		o.log.Info("peer removed", "peer", peer.Name)
 	}
-	for _, peer := range p.add {
-		if o.peers[peer.Name] != nil {
-			continue // its old self could not be removed, as reported above
-		}
-		if err := o.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(peer)}); err != nil {
-			errs = append(errs, fmt.Errorf("bgp: add peer %q: %w", peer.Name, err))
-			continue
-		}
-		ps := &peerState{Peer: peer, refused: map[netip.Prefix]bool{}}
-		o.peers[peer.Name] = ps
-		o.addrs[peer.Address] = ps
-		o.log.Info("peer added", "peer", peer.Name, "address", peer.Address, "asn", peer.ASN, "role", peer.Role)
-	}
-	for _, peer := range p.update {
-		ps := o.peers[peer.Name]
-		if peer.Role == Upstream {
-			// The policy has the new communities; announce everything again with them.
-			req := &api.ResetPeerRequest{Address: peer.Address.String(), Soft: true, Direction: api.ResetPeerRequest_DIRECTION_OUT}
-			if err := o.srv.ResetPeer(ctx, req); err != nil {
-				errs = append(errs, fmt.Errorf("bgp: announce again to peer %q: %w", peer.Name, err))
-				continue
-			}
-		} else {
-			ps.refused = map[netip.Prefix]bool{} // log what the new accept list refuses
-		}
-		ps.Peer = peer
-	}
+	// Advertisements change before peers are added, so that a new session's first
+	// updates, and its End-of-RIB, carry all of them: after a graceful restart, an
+	// upstream drops what End-of-RIB did not refresh.
 	for _, pfx := range p.announce {
 		if _, err := o.srv.AddPath(apiutil.AddPathRequest{Paths: []*apiutil.Path{advertisement(pfx, false)}}); err != nil {
 			errs = append(errs, fmt.Errorf("bgp: announce %s: %w", pfx, err))
@@ -142,6 +156,36 @@ func (o *owner) reconcile(ctx context.Context, c Config) error {
 			continue
 		}
 		delete(o.advs, pfx)
+	}
+	for _, peer := range p.add {
+		if o.peers[peer.Name] != nil {
+			continue // its old self could not be removed, as reported above
+		}
+		// BFD is off until the session is established; see gate.
+		if err := o.srv.AddPeer(ctx, &api.AddPeerRequest{Peer: apiPeer(peer, c.Global, false, restarting)}); err != nil {
+			errs = append(errs, fmt.Errorf("bgp: add peer %q: %w", peer.Name, err))
+			continue
+		}
+		ps := &peerState{Peer: peer, addedRestarting: restarting, rib: map[netip.Prefix]ribPath{}, refused: map[netip.Prefix]bool{}}
+		o.peers[peer.Name] = ps
+		o.addrs[peer.Address] = ps
+		o.log.Info("peer added", "peer", peer.Name, "address", peer.Address, "asn", peer.ASN, "role", peer.Role)
+	}
+	for _, peer := range p.update {
+		ps := o.peers[peer.Name]
+		if peer.Role == Upstream {
+			// The policy has the new communities; announce everything again with them.
+			req := &api.ResetPeerRequest{Address: peer.Address.String(), Soft: true, Direction: api.ResetPeerRequest_DIRECTION_OUT}
+			if err := o.srv.ResetPeer(ctx, req); err != nil {
+				errs = append(errs, fmt.Errorf("bgp: announce again to peer %q: %w", peer.Name, err))
+				continue
+			}
+			ps.Peer = peer
+		} else {
+			ps.Peer = peer
+			ps.refused = map[netip.Prefix]bool{} // log what the new accept list refuses
+			o.refilter(ps)
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -158,9 +202,26 @@ func (o *owner) current() Config {
 	return c
 }
 
+// sorted returns the peers sorted by name.
+func (o *owner) sorted() []*peerState {
+	out := make([]*peerState, 0, len(o.peers))
+	for _, ps := range o.peers {
+		out = append(out, ps)
+	}
+	slices.SortFunc(out, func(a, b *peerState) int { return cmp.Compare(a.Name, b.Name) })
+	return out
+}
+
 // startServer starts gobgp with g, its policy and a watcher that feeds o.events.
+//
+// With graceful restart on, the peers that the first Set of a Run adds say in their
+// first OPEN that the appliance restarted (the R and F bits of RFC 4724): an upstream
+// that kept the routes of the appliance's last run then keeps them, stale, until this
+// run's End-of-RIB, instead of dropping them when the session comes up. gobgp holds
+// back its updates meanwhile until every peer with graceful restart has sent its own
+// End-of-RIB, or for deferralTime at most.
 func (o *owner) startServer(ctx context.Context, g Global) error {
-	srv := server.NewBgpServer(server.LoggerOption(o.log, nil))
+	srv := server.NewBgpServer(server.LoggerOption(slog.New(o.spy), nil))
 	go srv.Serve()
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	fail := func(err error) error {
@@ -194,74 +255,136 @@ func (o *owner) startServer(ctx context.Context, g Global) error {
 				send(event{addr: m.Peer.State.NeighborAddress, state: &m.Peer.State})
 			}
 		},
+		// The paths of each update a peer sends, and those that gobgp drops from its
+		// Adj-RIB-In (session down, restart time over, peer deleted).
 		OnPathUpdate: func(paths []*apiutil.Path, _ time.Time) {
 			if len(paths) > 0 {
-				send(event{addr: paths[0].PeerAddress})
+				send(event{addr: paths[0].PeerAddress, paths: paths})
 			}
 		},
+		// End-of-RIB from a peer that restarted drops its stale routes, which no
+		// update reports.
+		OnPathEor: func(path *apiutil.Path, _ time.Time) {
+			send(event{addr: path.PeerAddress, eor: true})
+		},
 	}
-	if err := srv.WatchEvent(watchCtx, callbacks, server.WatchPeer(), server.WatchUpdate(false, "", "")); err != nil {
+	watch := []server.WatchOption{server.WatchPeer(), server.WatchUpdate(false, "", ""), server.WatchAdjInWithdraw(), server.WatchEor(false)}
+	if err := srv.WatchEvent(watchCtx, callbacks, watch...); err != nil {
 		return fail(err)
 	}
-	o.srv, o.stopWatch, o.global, o.policy = srv, stopWatch, g, pol
-	o.log.Info("started", "asn", g.ASN, "router-id", g.RouterID)
+	o.srv, o.stopWatch, o.global, o.policy, o.started = srv, stopWatch, g, pol, true
+	o.log.Info("started", "asn", g.ASN, "router-id", g.RouterID, "graceful-restart", g.GracefulRestart.Enabled)
 	return nil
 }
 
-// stopServer stops gobgp, if it runs, which closes every session with a Cease
-// notification, and forgets all it held.
-func (o *owner) stopServer() {
+// stopServer stops gobgp, if it runs, and forgets all it held. Unless graceful, every
+// session is closed with a Cease notification; if graceful, those that negotiated
+// graceful restart are closed without one, so that their peers keep the appliance's
+// routes for its restart time.
+func (o *owner) stopServer(graceful bool) {
 	if o.srv == nil {
 		return
 	}
 	o.stopWatch()
+	if graceful {
+		// Stop, which also stops BFD, calls StopBgp again; gobgp's complaint that it
+		// is stopped already is not news.
+		o.spy.state.setQuiet(true)
+		defer o.spy.state.setQuiet(false)
+		if err := o.srv.StopBgp(context.Background(), &api.StopBgpRequest{AllowGracefulRestart: true}); err != nil {
+			o.log.Error("graceful stop", "err", err)
+		}
+	}
 	o.srv.Stop()
-	o.log.Info("stopped", "asn", o.global.ASN, "router-id", o.global.RouterID)
+	o.log.Info("stopped", "asn", o.global.ASN, "router-id", o.global.RouterID, "graceful", graceful)
 	o.srv, o.stopWatch, o.global, o.policy = nil, nil, Global{}, nil
+	for _, ps := range o.peers {
+		o.dropAll(ps)
+	}
 	clear(o.peers)
 	clear(o.addrs)
 	clear(o.advs)
+	o.guardWant(false)
 }
 
-// handle takes ev and every other event already queued, then publishes the result.
+// handle takes ev and every other event already queued, and the resets gobgp was asked
+// for, then runs BFD as the sessions' states want and publishes the result.
 func (o *owner) handle(ctx context.Context, ev event) {
-	dirty := map[netip.Addr]bool{}
 	for more := true; more; {
-		o.note(ev)
-		dirty[ev.addr] = true
+		if ps := o.addrs[ev.addr]; ps != nil {
+			o.note(ps, ev)
+		}
 		select {
 		case ev = <-o.events:
 		default:
 			more = false
 		}
 	}
-	o.refresh(ctx, dirty)
+	// A reset is logged before gobgp queues it, so before the event of the session
+	// that goes down with it is sent: taking them after the events has counted the
+	// reset of every session that went down with one.
+	for addr, n := range o.spy.state.take() {
+		if ps := o.addrs[addr]; ps != nil {
+			ps.resetsPending += n
+		}
+	}
+	if o.srv != nil {
+		o.gate(ctx)
+	}
+	o.refresh(ctx)
 }
 
-// note logs a session that comes up or goes down, and keeps why it went down.
-func (o *owner) note(ev event) {
-	ps := o.addrs[ev.addr]
-	if ev.state == nil || ps == nil {
-		return
-	}
-	up := ev.state.SessionState == bgp.BGP_FSM_ESTABLISHED
-	if !up && isFailure(ev.state.DisconnectReason) {
-		ps.lastError = ev.state.DisconnectMessage
-	}
+// note takes in one event about ps.
+func (o *owner) note(ps *peerState, ev event) {
 	switch {
+	case ev.eor:
+		o.dropStale(ps)
+	case ev.paths != nil:
+		o.apply(ps, ev.paths)
+	case ev.state != nil:
+		o.noteState(ps, ev.state)
+	}
+}
+
+// noteState logs a session that comes up or goes down, keeps why it went down, and
+// marks the peer's routes stale or drops them, as gobgp does.
+func (o *owner) noteState(ps *peerState, st *apiutil.PeerState) {
+	up := st.SessionState == bgp.BGP_FSM_ESTABLISHED
+	switch reason, msg := st.DisconnectReason, st.DisconnectMessage; {
+	case up:
+	case ps.shutdown:
+		// Stays down for max-prefixes, which says why better than what follows.
+	case ps.up && isBFDReset(reason, msg):
+		ps.resetsPending--
+		ps.lastError = "BFD session down (" + msg + ")"
+	case isFailure(reason) || reason == api.PeerState_DISCONNECT_REASON_GRACEFUL_RESTART:
+		ps.lastError = msg
+	}
+	switch reason := st.DisconnectReason; {
 	case up && !ps.up:
 		o.log.Info("session established", "peer", ps.Name)
+	case !up && ps.up && reason == api.PeerState_DISCONNECT_REASON_GRACEFUL_RESTART && len(ps.rib) > 0:
+		// gobgp has dropped the routes of the families the peer did not list.
+		o.log.Warn("session down; the peer restarts gracefully, its routes are kept until it is back or its restart time ends",
+			"peer", ps.Name, "routes", len(ps.rib))
+		o.markStale(ps)
 	case !up && ps.up:
-		o.log.Warn("session down", "peer", ps.Name, "reason", ev.state.DisconnectMessage)
+		o.log.Warn("session down", "peer", ps.Name, "reason", ps.lastError)
+		// gobgp has dropped the routes, and said so path by path; this is in case.
+		o.dropAll(ps)
+	case !up && reason == api.PeerState_DISCONNECT_REASON_RESTART_TIMER_EXPIRED:
+		o.log.Warn("the peer did not come back within its restart time; its routes are dropped", "peer", ps.Name, "routes", len(ps.rib))
+		o.dropAll(ps)
 	}
 	ps.up = up
 }
 
-// refresh reads from gobgp the state of every peer and the routes of the nodes in dirty
-// (of every node if dirty is nil), then publishes Routes and Neighbors.
-func (o *owner) refresh(ctx context.Context, dirty map[netip.Addr]bool) {
+// refresh reads from gobgp the state of every peer, learns again the prefixes whose
+// paths changed, and publishes Routes and Neighbors.
+func (o *owner) refresh(ctx context.Context) {
+	routesChanged := o.relearn()
 	if o.srv == nil {
-		o.publish(nil, nil)
+		o.publish(routesChanged, nil)
 		return
 	}
 	states := map[netip.Addr]*api.Peer{}
@@ -273,14 +396,7 @@ func (o *owner) refresh(ctx context.Context, dirty map[netip.Addr]bool) {
 	if err != nil {
 		o.log.Error("list peers", "err", err)
 	}
-	var cands []candidate
 	for _, ps := range o.peers {
-		if ps.Role == Node {
-			if dirty == nil || dirty[ps.Address] {
-				o.read(ps)
-			}
-			cands = append(cands, ps.accepted...)
-		}
 		if states[ps.Address].GetState().GetAdminState() == api.PeerState_ADMIN_STATE_PFX_CT && !ps.shutdown {
 			ps.shutdown = true
 			ps.lastError = fmt.Sprintf("sent more than max-prefixes %d", ps.MaxPrefixes)
@@ -288,39 +404,7 @@ func (o *owner) refresh(ctx context.Context, dirty map[netip.Addr]bool) {
 				"peer", ps.Name, "max-prefixes", ps.MaxPrefixes)
 		}
 	}
-	o.publish(learn(cands), o.neighbors(states))
-}
-
-// read reads a node's Adj-RIB-In, keeps what its accept list allows and logs, once per
-// prefix, what it refuses.
-func (o *owner) read(ps *peerState) {
-	ibgp := ps.ASN == o.global.ASN
-	received := 0
-	var accepted []candidate
-	req := apiutil.ListPathRequest{TableType: api.TableType_TABLE_TYPE_ADJ_IN, Name: ps.Address.String(), Family: family(ps.Address)}
-	err := o.srv.ListPath(req, func(_ bgp.NLRI, paths []*apiutil.Path) {
-		for _, p := range paths {
-			c, ok := candidateOf(p, ibgp)
-			if !ok {
-				continue
-			}
-			received++
-			why := refusal(ps.Accept, c.prefix, c.nextHop)
-			if why == "" {
-				accepted = append(accepted, c)
-				continue
-			}
-			if !ps.refused[c.prefix] {
-				ps.refused[c.prefix] = true
-				o.log.Warn("route refused", "peer", ps.Name, "prefix", c.prefix, "next-hop", c.nextHop, "reason", why)
-			}
-		}
-	})
-	if err != nil {
-		o.log.Error("read routes", "peer", ps.Name, "err", err)
-		return
-	}
-	ps.received, ps.accepted = received, accepted
+	o.publish(routesChanged, o.neighbors(states))
 }
 
 // neighbors returns the state of every peer, given what gobgp lists.
@@ -329,37 +413,45 @@ func (o *owner) neighbors(states map[netip.Addr]*api.Peer) []neighbor {
 	for _, ps := range o.peers {
 		n := neighbor{NeighborState: NeighborState{
 			Name: ps.Name, Address: ps.Address, ASN: ps.ASN, Role: ps.Role,
-			State: "idle", LastError: ps.lastError,
+			State: "idle", LastError: ps.lastError, BFD: ps.bfdName(),
 		}}
 		if st := states[ps.Address]; st != nil {
 			n.State = sessionState(st.GetState().GetSessionState())
 			if n.State == "established" {
 				n.since = st.GetTimers().GetState().GetUptime().AsTime()
 			}
+			listed := false // the peer listed the session's family in its graceful-restart capability
 			for _, af := range st.GetAfiSafis() {
 				n.Advertised += int(af.GetState().GetAdvertised())
 				n.Received += int(af.GetState().GetReceived())
+				listed = listed || af.GetMpGracefulRestart().GetState().GetReceived()
 			}
+			n.GracefulRestart = o.global.GracefulRestart.Enabled && slices.ContainsFunc(st.GetState().GetRemoteCap(), func(c *api.Capability) bool {
+				return c.GetGracefulRestart() != nil
+			})
+			// gobgp says restarting of a peer that listed no family too, and keeps
+			// none of its routes.
+			n.Restarting = st.GetGracefulRestart().GetPeerRestarting() && listed
 		}
 		if ps.Role == Node {
-			n.Received, n.Accepted, n.Rejected = ps.received, len(ps.accepted), ps.received-len(ps.accepted)
+			n.Received, n.Accepted, n.Rejected = len(ps.rib), ps.accepted, len(ps.rib)-ps.accepted
+			n.Stale = ps.stale
 		}
+		n.Unprotected = ps.BFD.Enabled() && n.State == "established" && n.BFD != "up"
 		out = append(out, n)
 	}
 	slices.SortFunc(out, func(a, b neighbor) int { return cmp.Compare(a.Name, b.Name) })
 	return out
 }
 
-// publish makes routes and neighbors what Routes and Neighbors return, and calls
-// onChange if that changes anything.
-func (o *owner) publish(routes []Learned, neighbors []neighbor) {
+// publish makes o.routes, if routesChanged, and neighbors what Routes and Neighbors
+// return, and calls onChange if that changes anything.
+func (o *owner) publish(routesChanged bool, neighbors []neighbor) {
 	s := o.s
 	s.mu.Lock()
-	changed := !slices.EqualFunc(s.routes, routes, func(a, b Learned) bool {
-		return a.Prefix == b.Prefix && slices.Equal(a.NextHops, b.NextHops)
-	}) || !slices.Equal(s.neighbors, neighbors)
+	changed := routesChanged || !slices.Equal(s.neighbors, neighbors)
 	if changed {
-		s.routes, s.neighbors = routes, neighbors
+		s.routes, s.neighbors = o.routes, neighbors
 	}
 	s.mu.Unlock()
 	if changed && s.onChange != nil {

@@ -14,6 +14,11 @@ const (
 	minHoldTime     = 3 * time.Second     // 1 s and 2 s are not allowed (RFC 4271 §4.2)
 	maxHoldTime     = 65535 * time.Second // 16 bits of seconds in OPEN
 	maxTCPMD5KeyLen = 80                  // TCP_MD5SIG_MAXKEYLEN in linux/tcp.h
+	maxRestartTime  = 4095 * time.Second  // 12 bits of seconds in the graceful-restart capability
+	// BFD carries intervals in 32 bits of microseconds. Below 10 ms gobgp, which runs
+	// BFD in a goroutine per peer, cannot keep time.
+	minBFDInterval = 10 * time.Millisecond
+	maxBFDInterval = 4294967295 * time.Microsecond
 )
 
 // validate returns an error naming every bad field of c, or nil.
@@ -37,6 +42,11 @@ func validate(c Config) error {
 		if !a.IsValid() {
 			bad("global listen-addrs", "an address is missing")
 		}
+	}
+	if gr := g.GracefulRestart; gr.Enabled {
+		checkSeconds("global", "graceful-restart restart-time", gr.RestartTime, time.Second, maxRestartTime, bad)
+	} else if gr.RestartTime != 0 {
+		bad("global", "graceful-restart restart-time: set, but graceful restart is off")
 	}
 
 	names := map[string]bool{}
@@ -100,6 +110,17 @@ func validatePeer(where string, p Peer, bad func(string, string, ...any)) {
 	keepaliveOK := p.Keepalive == 0 || checkSeconds(where, "keepalive", p.Keepalive, time.Second, maxHoldTime, bad)
 	if holdOK && keepaliveOK && p.HoldTime > 0 && p.Keepalive*3 > p.HoldTime {
 		bad(where, "keepalive: must be at most a third of the hold time %s, not %s", p.HoldTime, p.Keepalive)
+	}
+	if b := p.BFD; b.Enabled() {
+		switch {
+		case b.Interval < minBFDInterval || b.Interval > maxBFDInterval:
+			bad(where, "bfd interval: must be %s..%s, not %s", minBFDInterval, maxBFDInterval, b.Interval)
+		case b.Interval%time.Microsecond != 0:
+			bad(where, "bfd interval: must be a whole number of microseconds, not %s", b.Interval)
+		}
+		if b.Multiplier < 1 || b.Multiplier > 255 {
+			bad(where, "bfd multiplier: must be 1..255, not %d", b.Multiplier)
+		}
 	}
 	if p.MaxPrefixes < 0 {
 		bad(where, "max-prefixes: must be 0 (no limit) or more, not %d", p.MaxPrefixes)

@@ -59,6 +59,26 @@ func TestValidate(t *testing.T) {
 		{"advertisement host bits", func(c *Config) { c.Advertisements[0].Prefix = netip.MustParsePrefix("192.0.2.1/24") },
 			[]string{"advertisement 192.0.2.1/24: not a network prefix"}},
 		{"advertisement twice", func(c *Config) { c.Advertisements[1] = c.Advertisements[0] }, []string{"advertisement 192.0.2.0/24: listed twice"}},
+		{"BFD", func(c *Config) { c.Peers[0].BFD = BFD{Interval: 300 * time.Millisecond, Multiplier: 3} }, nil},
+		{"BFD too fast", func(c *Config) { c.Peers[0].BFD = BFD{Interval: 5 * time.Millisecond, Multiplier: 3} },
+			[]string{`peer "node1": bfd interval: must be 10ms..1h11m34.967295s, not 5ms`}},
+		{"BFD nanoseconds", func(c *Config) { c.Peers[0].BFD = BFD{Interval: 300*time.Millisecond + 1, Multiplier: 3} },
+			[]string{"bfd interval: must be a whole number of microseconds, not 300.000001ms"}},
+		{"BFD without interval", func(c *Config) { c.Peers[0].BFD = BFD{Multiplier: 3} }, []string{"bfd interval: must be 10ms.."}},
+		{"BFD multiplier", func(c *Config) { c.Peers[0].BFD = BFD{Interval: time.Second, Multiplier: 256} },
+			[]string{"bfd multiplier: must be 1..255, not 256"}},
+		{"BFD without multiplier", func(c *Config) { c.Peers[0].BFD = BFD{Interval: time.Second} }, []string{"bfd multiplier: must be 1..255, not 0"}},
+		{"graceful restart", func(c *Config) {
+			c.Global.GracefulRestart = GracefulRestart{Enabled: true, RestartTime: 120 * time.Second}
+		}, nil},
+		{"restart time too long", func(c *Config) {
+			c.Global.GracefulRestart = GracefulRestart{Enabled: true, RestartTime: 4096 * time.Second}
+		},
+			[]string{"global: graceful-restart restart-time: must be 1..4095 seconds, not 1h8m16s"}},
+		{"restart time missing", func(c *Config) { c.Global.GracefulRestart = GracefulRestart{Enabled: true} },
+			[]string{"graceful-restart restart-time: must be 1..4095 seconds, not 0s"}},
+		{"restart time without graceful restart", func(c *Config) { c.Global.GracefulRestart = GracefulRestart{RestartTime: time.Minute} },
+			[]string{"graceful-restart restart-time: set, but graceful restart is off"}},
 		{"several at once", func(c *Config) { c.Peers[0].ASN = 0; c.Peers[1].Multihop = -1 }, []string{`peer "node1": asn`, `peer "up": multihop`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -33,6 +33,7 @@ const (
 	maxHoldTime     = 65535 * time.Second // 16 bits of seconds in OPEN
 	maxRestartTime  = 4095 * time.Second  // 12 bits of seconds in the GR capability
 	minBFDInterval  = 50 * time.Millisecond
+	maxBFDInterval  = 4294967295 * time.Microsecond
 	maxTCPMD5KeyLen = 80 // TCP_MD5SIG_MAXKEYLEN in linux/tcp.h
 )
 
@@ -322,8 +323,14 @@ func validatePeer(p string, peer *Peer, names map[string]string, addrs map[netip
 		bad(p+".keepalive", "must be at most a third of hold-time %ds, not %ds", peer.HoldTime/time.Second, peer.Keepalive/time.Second)
 	}
 	if bfd := peer.BFD; bfd.Enabled {
-		if bfd.Interval < minBFDInterval {
+		// BFD carries the interval as a 32-bit count of microseconds.
+		switch {
+		case bfd.Interval < minBFDInterval:
 			bad(p+".bfd.interval", "must be at least 50ms, not %s", bfd.Interval)
+		case bfd.Interval > maxBFDInterval:
+			bad(p+".bfd.interval", "must be at most %s, not %s", maxBFDInterval, bfd.Interval)
+		case bfd.Interval%time.Microsecond != 0:
+			bad(p+".bfd.interval", "must be a whole number of microseconds, not %s", bfd.Interval)
 		}
 		if bfd.Multiplier < 1 || bfd.Multiplier > 255 {
 			bad(p+".bfd.multiplier", "must be 1..255, not %d", bfd.Multiplier)

@@ -1,0 +1,133 @@
+package bgp
+
+import (
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/osrg/gobgp/v4/api"
+	"github.com/osrg/gobgp/v4/pkg/apiutil"
+	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
+)
+
+// path returns a path as gobgp's events carry it: prefix from a node via nextHop with an
+// AS path of asPathLen hops, or its withdrawal if nextHop is "".
+func path(prefix, nextHop string, asPathLen int) *apiutil.Path {
+	nlri, _ := bgp.NewIPAddrPrefix(netip.MustParsePrefix(prefix))
+	if nextHop == "" {
+		return &apiutil.Path{Nlri: nlri, Withdrawal: true}
+	}
+	nh, _ := bgp.NewPathAttributeNextHop(netip.MustParseAddr(nextHop))
+	asPath := bgp.NewPathAttributeAsPath([]bgp.AsPathParamInterface{bgp.NewAs4PathParam(bgp.BGP_ASPATH_ATTR_TYPE_SEQ, make([]uint32, asPathLen))})
+	return &apiutil.Path{Nlri: nlri, Attrs: []bgp.PathAttributeInterface{bgp.NewPathAttributeOrigin(bgp.BGP_ORIGIN_ATTR_TYPE_IGP), asPath, nh}}
+}
+
+// TestRIB feeds the owner the events gobgp sends about two nodes, as a sequence of
+// steps, and checks the routes and counts after each.
+func TestRIB(t *testing.T) {
+	o := newOwner(New(slog.New(slog.DiscardHandler), nil))
+	o.global = Global{ASN: 65000}
+	accept := []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}
+	for n := 1; n <= 2; n++ {
+		ps := &peerState{Peer: nodePeer(n, false, 64512, accept...), rib: map[netip.Prefix]ribPath{}, refused: map[netip.Prefix]bool{}}
+		o.peers[ps.Name], o.addrs[ps.Address] = ps, ps
+	}
+	up := &peerState{Peer: Peer{Name: "up", Address: netip.MustParseAddr("10.0.4.2"), ASN: 65100, Role: Upstream}, rib: map[netip.Prefix]ribPath{}}
+	o.peers[up.Name], o.addrs[up.Address] = up, up
+	n1, n2 := o.peers["node1"], o.peers["node2"]
+	state := func(st bgp.FSMState, reason api.PeerState_DisconnectReason) event {
+		return event{state: &apiutil.PeerState{SessionState: st, DisconnectReason: reason}}
+	}
+	up1 := state(bgp.BGP_FSM_ESTABLISHED, 0)
+
+	for _, step := range []struct {
+		name   string
+		peer   *peerState
+		ev     event
+		routes string
+		counts string // node1's, node2's: received/accepted/stale
+	}{
+		{"node1 up", n1, up1, "", "0/0/0 0/0/0"},
+		{"node2 up", n2, up1, "", "0/0/0 0/0/0"},
+		{"node1 sends two, one refused", n1, event{paths: []*apiutil.Path{path("203.0.113.10/32", "10.0.1.2", 1), path("198.51.100.0/24", "10.0.1.2", 1)}},
+			"203.0.113.10/32 via 10.0.1.2", "2/1/0 0/0/0"},
+		{"node2 ties", n2, event{paths: []*apiutil.Path{path("203.0.113.10/32", "10.0.2.2", 1), path("203.0.113.20/32", "10.0.2.2", 1)}},
+			"203.0.113.10/32 via 10.0.1.2,10.0.2.2; 203.0.113.20/32 via 10.0.2.2", "2/1/0 2/2/0"},
+		{"node2 replaces its path with a worse one", n2, event{paths: []*apiutil.Path{path("203.0.113.10/32", "10.0.2.2", 3)}},
+			"203.0.113.10/32 via 10.0.1.2; 203.0.113.20/32 via 10.0.2.2", "2/1/0 2/2/0"},
+		{"the upstream's routes are not learned", up, event{paths: []*apiutil.Path{path("203.0.113.30/32", "10.0.4.2", 1)}},
+			"203.0.113.10/32 via 10.0.1.2; 203.0.113.20/32 via 10.0.2.2", "2/1/0 2/2/0"},
+		{"node2 restarts gracefully", n2, state(bgp.BGP_FSM_IDLE, api.PeerState_DISCONNECT_REASON_GRACEFUL_RESTART),
+			"203.0.113.10/32 via 10.0.1.2; 203.0.113.20/32 via 10.0.2.2", "2/1/0 2/2/2"},
+		{"node2 back", n2, up1, "203.0.113.10/32 via 10.0.1.2; 203.0.113.20/32 via 10.0.2.2", "2/1/0 2/2/2"},
+		{"node2 sends one again, tying", n2, event{paths: []*apiutil.Path{path("203.0.113.10/32", "10.0.2.2", 1)}},
+			"203.0.113.10/32 via 10.0.1.2,10.0.2.2; 203.0.113.20/32 via 10.0.2.2", "2/1/0 2/2/1"},
+		{"node2's End-of-RIB drops the other", n2, event{eor: true},
+			"203.0.113.10/32 via 10.0.1.2,10.0.2.2", "2/1/0 1/1/0"},
+		{"node1 withdraws", n1, event{paths: []*apiutil.Path{path("203.0.113.10/32", "", 0), path("203.0.113.99/32", "", 0)}},
+			"203.0.113.10/32 via 10.0.2.2", "1/0/0 1/1/0"},
+		{"node2 down for good", n2, state(bgp.BGP_FSM_IDLE, api.PeerState_DISCONNECT_REASON_HOLD_TIMER_EXPIRED), "", "1/0/0 0/0/0"},
+		{"node1 restarts gracefully", n1, state(bgp.BGP_FSM_IDLE, api.PeerState_DISCONNECT_REASON_GRACEFUL_RESTART), "", "1/0/1 0/0/0"},
+		{"node1's restart time ends", n1, state(bgp.BGP_FSM_IDLE, api.PeerState_DISCONNECT_REASON_RESTART_TIMER_EXPIRED), "", "0/0/0 0/0/0"},
+	} {
+		o.note(step.peer, step.ev)
+		o.relearn()
+		if got := routesString(o.routes); got != step.routes {
+			t.Errorf("%s: routes %s, want %s", step.name, got, step.routes)
+		}
+		counts := fmt.Sprintf("%d/%d/%d %d/%d/%d", len(n1.rib), n1.accepted, n1.stale, len(n2.rib), n2.accepted, n2.stale)
+		if counts != step.counts {
+			t.Errorf("%s: counts %s, want %s", step.name, counts, step.counts)
+		}
+	}
+
+	// A new accept list takes the refused path in.
+	o.note(n1, up1)
+	o.note(n1, event{paths: []*apiutil.Path{path("198.51.100.0/24", "10.0.1.2", 1)}})
+	o.relearn()
+	if len(o.routes) != 0 || n1.accepted != 0 {
+		t.Fatalf("routes %s, accepted %d; want none", routesString(o.routes), n1.accepted)
+	}
+	n1.Accept = append(n1.Accept, netip.MustParsePrefix("198.51.100.0/24"))
+	o.refilter(n1)
+	o.relearn()
+	if got := routesString(o.routes); got != "198.51.100.0/24 via 10.0.1.2" || n1.accepted != 1 {
+		t.Errorf("after the accept list grew: routes %s, accepted %d", got, n1.accepted)
+	}
+}
+
+func TestMerge(t *testing.T) {
+	l := func(prefix string, hops ...string) Learned {
+		out := Learned{Prefix: netip.MustParsePrefix(prefix)}
+		for _, h := range hops {
+			out.NextHops = append(out.NextHops, netip.MustParseAddr(h))
+		}
+		return out
+	}
+	routes := []Learned{l("10.0.0.0/8", "192.0.2.1"), l("203.0.113.10/32", "192.0.2.1"), l("2001:db8::/64", "fd00::1")}
+	orig := slices.Clone(routes)
+	changes := map[netip.Prefix]Learned{}
+	for _, c := range []Learned{
+		l("0.0.0.0/0", "192.0.2.9"),       // new, first
+		l("10.0.0.0/8"),                   // removed
+		l("203.0.113.10/32", "192.0.2.2"), // replaced
+		l("203.0.113.11/32", "192.0.2.3"), // new, between
+		l("2001:db8:1::/64", "fd00::2"),   // new, last
+		l("198.51.100.0/24"),              // removed but not there
+	} {
+		changes[c.Prefix] = c
+	}
+	got := routesString(merge(routes, changes))
+	want := "0.0.0.0/0 via 192.0.2.9; 203.0.113.10/32 via 192.0.2.2; 203.0.113.11/32 via 192.0.2.3; 2001:db8::/64 via fd00::1; 2001:db8:1::/64 via fd00::2"
+	if got != want {
+		t.Errorf("merge:\n%s\nwant:\n%s", got, want)
+	}
+	if routesString(routes) != routesString(orig) {
+		t.Errorf("merge changed its input: %s", routesString(routes))
+	}
+	if got := merge(nil, nil); len(got) != 0 {
+		t.Errorf("merge of nothing: %v", got)
+	}
+}
