@@ -149,6 +149,7 @@ func (f *frr) output() string {
 // shows it.
 type frrPath struct {
 	Valid     bool `json:"valid"`
+	Stale     bool `json:"stale"`
 	Community struct {
 		List []string `json:"list"`
 	} `json:"community"`
@@ -184,4 +185,28 @@ func (f *frr) waitPaths(p netip.Prefix, n int) ([]frrPath, time.Duration) {
 		return len(got) == n
 	})
 	return got, time.Since(start)
+}
+
+// frrGR is what FRR says of graceful restart with one neighbor.
+type frrGR struct {
+	RemoteGrMode string `json:"remoteGrMode"`
+	Timers       struct {
+		ReceivedRestartTimer int `json:"receivedRestartTimer"`
+	} `json:"timers"`
+}
+
+// gracefulRestart returns FRR's view of graceful restart with neighbor.
+func (f *frr) gracefulRestart(neighbor string) frrGR {
+	f.l.t.Helper()
+	out, err := f.vtysh("show bgp neighbors " + neighbor + " json")
+	if err != nil {
+		f.l.t.Fatal(err)
+	}
+	var r map[string]struct {
+		GR frrGR `json:"gracefulRestartInfo"`
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		f.l.t.Fatalf("vtysh: %v\n%s", err, out)
+	}
+	return r[neighbor].GR
 }
