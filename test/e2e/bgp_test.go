@@ -8,6 +8,8 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -612,4 +614,78 @@ func TestBGPGracefulRestart(t *testing.T) {
 		t.Errorf("UDP to 203.0.113.20:53 across the restart: %d of %d datagrams lost", lost, sent)
 	}
 	t.Logf("UDP to 203.0.113.20:53 across the restart: %d datagrams, %d lost", sent, lost)
+}
+
+// silence drops every packet to and from a node's link in its namespace,
+// BGP and BFD alike, as if the node had hung (this kernel has no netem).
+const silence = `table inet silence {
+	chain in { type filter hook input priority -300; policy accept; iifname "eth0" drop; }
+	chain out { type filter hook output priority -300; policy accept; oifname "eth0" drop; }
+}
+`
+
+// TestBGPBFDFailover: three BIRD nodes announce one VIP; node1 and node2
+// protect their sessions with BFD (100 ms × 3), node3 does not. node3 and
+// node2 hang at once (nftables drops everything on their links): BFD takes
+// node2's next hop out of the kernel route while node3's stays until its
+// hold time (9 s) ends. Traffic keeps reaching node1. The times are
+// printed, not asserted.
+func TestBGPBFDFailover(t *testing.T) {
+	l := upLab(t, bgpLab)
+	vip := netip.MustParsePrefix("203.0.113.10/32")
+	bfd := map[int]bool{1: true, 2: true}
+	var peers string
+	for n := 1; n <= 3; n++ {
+		node := fmt.Sprintf("node%d", n)
+		if _, err := l.Exec(context.Background(), node, "ip", "addr", "add", vip.String(), "dev", "lo"); err != nil {
+			t.Fatal(err)
+		}
+		l.startBackend(node)
+		extra := "accept: [203.0.113.0/24], hold-time: 9s, keepalive: 3s"
+		if bfd[n] {
+			extra += ", bfd: {enabled: true, interval: 100ms, multiplier: 3}"
+		}
+		peers += nodePeer(n, false, uint32(65000+n), extra)
+	}
+	rules := filepath.Join(l.dir, "silence.nft")
+	if err := os.WriteFile(rules, []byte(silence), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l.writeConfig(bgpHead + peers)
+	l.startAppliance()
+	var birds []*bird
+	var hops []netip.Addr
+	for n := 1; n <= 3; n++ {
+		birds = append(birds, l.startBird(birdConf{N: n, ASN: uint32(65000 + n), BFD: bfd[n],
+			Statics: []static{{Name: "vip", Routes: []string{vip.String()}}}}))
+		hops = append(hops, nodeAddr(n, false))
+	}
+	l.waitRoute(vip, hops...)
+	for n := 1; n <= 2; n++ {
+		birds[n-1].waitFor("BFD session with the appliance up", func(out string) bool {
+			for line := range strings.Lines(out) {
+				if f := strings.Fields(line); len(f) > 2 && f[0] == applianceAddr(n, false).String() {
+					return f[2] == "Up"
+				}
+			}
+			return false
+		}, "show", "bfd", "sessions")
+	}
+	target := net.JoinHostPort(vip.Addr().String(), "8080")
+	l.wantReach(target, "node1", "node2", "node3")
+
+	// Both hang at once, node3 first: only BFD can take node2's next hop
+	// out while node3's is still there, waiting for its hold time.
+	start := time.Now()
+	for _, node := range []string{"node3", "node2"} {
+		if _, err := l.Exec(context.Background(), node, "nft", "-f", rules); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.waitRoute(vip, hops[0], hops[2])
+	l.waitLog(`msg="session down" component=bgp peer=node2 reason="BFD session down`, 1)
+	t.Logf("node2 hangs (BFD 100 ms × 3): its next hop left the kernel route %s later", time.Since(start).Round(time.Millisecond))
+	l.waitRoute(vip, hops[0])
+	t.Logf("node3 hangs (no BFD, hold time 9 s): its next hop left the kernel route %s later", time.Since(start).Round(time.Millisecond))
+	l.wantReach(target, "node1")
 }

@@ -36,6 +36,8 @@ type birdConf struct {
 	ASN     uint32
 	V6      bool
 	Statics []static
+	// BFD protects the session with BFD, 100 ms × 3.
+	BFD bool
 }
 
 // nodeAddr is node n's address on its link with the appliance.
@@ -59,7 +61,10 @@ var birdTemplate = template.Must(template.New("bird").Parse(`
 router id 10.0.{{.N}}.2;
 log stderr all;
 protocol device {}
-{{range .Statics}}
+{{if .BFD}}protocol bfd {
+	interface "eth0" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; };
+}
+{{end}}{{range .Statics}}
 protocol static {{.Name}} {
 {{if .Disabled}}	disabled;
 {{end}}	{{$.Channel}};
@@ -74,7 +79,8 @@ protocol bgp appliance {
 	connect delay time 1;
 	connect retry time 2;
 	error wait time 1, 4;
-	{{.Channel}} {
+{{if .BFD}}	bfd on;
+{{end}}	{{.Channel}} {
 		import none;
 		export all;
 	};
