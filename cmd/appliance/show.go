@@ -180,10 +180,42 @@ type neighborRow struct {
 	Rejected          uint64 `json:"rejected" yaml:"rejected"`
 	Sent              uint64 `json:"sent" yaml:"sent"`
 	LastError         string `json:"last-error,omitempty" yaml:"last-error,omitempty"`
+	BFDState          string `json:"bfd-state" yaml:"bfd-state"`
+	Unprotected       bool   `json:"unprotected" yaml:"unprotected"`
+	GRNegotiated      bool   `json:"graceful-restart-negotiated" yaml:"graceful-restart-negotiated"`
+	PeerRestarting    bool   `json:"peer-restarting" yaml:"peer-restarting"`
+	Stale             uint64 `json:"stale" yaml:"stale"`
+}
+
+// bfdCell is the BFD column: the BFD session's state, with a "!" when the
+// session is unprotected (established, BFD configured and not up), the one
+// state that needs a person's attention.
+func (r neighborRow) bfdCell() string {
+	if r.Unprotected {
+		return r.BFDState + "!"
+	}
+	return r.BFDState
+}
+
+// grCell is the GR column: "restarting" while the peer restarts, else
+// whether graceful restart was negotiated, and the stale prefixes kept.
+func (r neighborRow) grCell() string {
+	c := "no"
+	switch {
+	case r.PeerRestarting:
+		c = "restarting"
+	case r.GRNegotiated:
+		c = "yes"
+	}
+	if r.Stale > 0 {
+		c += fmt.Sprintf(" (%d stale)", r.Stale)
+	}
+	return c
 }
 
 func showNeighbors(ctx context.Context, c *gnmi.Client, _ []string) (any, [][]string, error) {
-	leaves, err := c.Get(ctx, "", ocNeighbors+"/state", ocNeighbors+"/afi-safis/afi-safi/state/prefixes", ptNeighbors+"/state")
+	leaves, err := c.Get(ctx, "", ocNeighbors+"/state", ocNeighbors+"/afi-safis/afi-safi/state/prefixes",
+		ocNeighbors+"/graceful-restart/state/peer-restarting", ptNeighbors+"/state")
 	if err != nil {
 		return nil, nil, err
 	}
@@ -201,13 +233,16 @@ func neighborRows(leaves []gnmi.Leaf, now time.Time) (any, [][]string, error) {
 	}
 	ocs, own := group(oc, "neighbor", "neighbor-address"), group(pt, "neighbor", "address")
 	rows := []neighborRow{}
-	table := [][]string{{"NEIGHBOR", "AS", "NAME", "ROLE", "STATE", "UP/DOWN", "RCVD", "ACCEPTED", "INSTALLED", "SENT", "LAST ERROR"}}
+	table := [][]string{{"NEIGHBOR", "AS", "NAME", "ROLE", "STATE", "UP/DOWN", "BFD", "GR", "RCVD", "ACCEPTED", "INSTALLED", "SENT", "LAST ERROR"}}
 	for _, addr := range ocs.keys {
 		l, p := ocs.leaves[addr], own.leaves[addr]
 		r := neighborRow{
 			Address: addr, Name: str(p["state/name"]), Role: str(p["state/role"]),
 			PeerAS: num(l["state/peer-as"]), SessionState: str(l["state/session-state"]),
 			Rejected: num(p["state/rejected"]), LastError: str(p["state/last-error"]),
+			BFDState: str(p["state/bfd-state"]), Unprotected: p["state/unprotected"] == true,
+			GRNegotiated: p["state/graceful-restart-negotiated"] == true, Stale: num(p["state/stale"]),
+			PeerRestarting: l["graceful-restart/state/peer-restarting"] == true,
 		}
 		// One address family per session: the afi-safi is the peer
 		// address's.
@@ -231,7 +266,7 @@ func neighborRows(leaves []gnmi.Leaf, now time.Time) (any, [][]string, error) {
 		}
 		rows = append(rows, r)
 		table = append(table, []string{addr, strconv.FormatUint(r.PeerAS, 10), r.Name, r.Role, r.SessionState, upDown,
-			strconv.FormatUint(r.ReceivedPrePolicy, 10), strconv.FormatUint(r.Received, 10),
+			r.bfdCell(), r.grCell(), strconv.FormatUint(r.ReceivedPrePolicy, 10), strconv.FormatUint(r.Received, 10),
 			strconv.FormatUint(r.Installed, 10), strconv.FormatUint(r.Sent, 10), r.LastError})
 	}
 	return rows, table, nil

@@ -25,9 +25,15 @@ type shownState struct{}
 func (shownState) Neighbors() []bgp.NeighborState {
 	return []bgp.NeighborState{
 		{Name: "node1", Address: netip.MustParseAddr("192.0.2.11"), ASN: 65001, Role: bgp.Node, State: "established",
-			Uptime: time.Hour, Received: 3, Accepted: 2, Rejected: 1},
+			Uptime: time.Hour, Received: 3, Accepted: 2, Rejected: 1, BFD: "up", GracefulRestart: true},
+		// node2 restarts: its session is down, its prefix kept stale.
+		{Name: "node2", Address: netip.MustParseAddr("192.0.2.12"), ASN: 65002, Role: bgp.Node, State: "idle",
+			Received: 1, Accepted: 1, BFD: "down", Restarting: true, Stale: 1},
+		// BFD configured, BGP up without it: unprotected.
+		{Name: "node3", Address: netip.MustParseAddr("192.0.2.13"), ASN: 65003, Role: bgp.Node, State: "established",
+			Uptime: time.Minute, BFD: "down", Unprotected: true},
 		{Name: "up1", Address: netip.MustParseAddr("2001:db8::1"), ASN: 64512, Role: bgp.Upstream, State: "active",
-			Advertised: 1, LastError: "hold timer expired"},
+			Advertised: 1, LastError: "hold timer expired", BFD: "disabled"},
 	}
 }
 
@@ -104,9 +110,11 @@ func TestShowTables(t *testing.T) {
 		want string // a regular expression of the whole output
 	}{
 		{[]string{"show", "bgp", "neighbors"}, `^` +
-			`NEIGHBOR     AS     NAME   ROLE      STATE        UP/DOWN  RCVD  ACCEPTED  INSTALLED  SENT  LAST ERROR\n` +
-			`192\.0\.2\.11   65001  node1  node      ESTABLISHED  1h0m\d+s   3     2         2          0     \n` +
-			`2001:db8::1  64512  up1    upstream  ACTIVE       never    0     0         0          1     hold timer expired\n$`},
+			`NEIGHBOR     AS     NAME   ROLE      STATE        UP/DOWN  BFD       GR                    RCVD  ACCEPTED  INSTALLED  SENT  LAST ERROR\n` +
+			`192\.0\.2\.11   65001  node1  node      ESTABLISHED  1h0m\d+s +up        yes                   3     2         2          0     \n` +
+			`192\.0\.2\.12   65002  node2  node      IDLE         never    down      restarting \(1 stale\)  1     1         1          0     \n` +
+			`192\.0\.2\.13   65003  node3  node      ESTABLISHED  1m\d+s +down!     no                    0     0         0          0     \n` +
+			`2001:db8::1  64512  up1    upstream  ACTIVE       never    disabled  no                    0     0         0          1     hold timer expired\n$`},
 		{[]string{"show", "bgp", "routes"}, `^` + regexp.QuoteMeta(
 			"PREFIX           NEXT HOPS\n"+
 				"203.0.113.10/32  192.0.2.11\n"+
@@ -163,18 +171,25 @@ func TestShowJSONAndYAML(t *testing.T) {
 	if err := yaml.Unmarshal([]byte(ys), &fromYAML); err != nil {
 		t.Fatalf("%v\n%s", err, ys)
 	}
-	if len(fromJSON) != 2 || len(fromYAML) != 2 {
+	if len(fromJSON) != 4 || len(fromYAML) != 4 {
 		t.Fatalf("json %s\nyaml %s", js, ys)
 	}
 	n := fromJSON[0]
 	if n["neighbor-address"] != "192.0.2.11" || n["session-state"] != "ESTABLISHED" || n["peer-as"] != 65001.0 ||
-		n["received"] != 2.0 || n["installed"] != 2.0 || n["role"] != "node" {
+		n["received"] != 2.0 || n["installed"] != 2.0 || n["role"] != "node" ||
+		n["bfd-state"] != "up" || n["unprotected"] != false || n["graceful-restart-negotiated"] != true || n["peer-restarting"] != false {
 		t.Errorf("json neighbor %v", n)
+	}
+	if n := fromJSON[1]; n["peer-restarting"] != true || n["stale"] != 1.0 || n["graceful-restart-negotiated"] != false {
+		t.Errorf("json restarting neighbor %v", n)
+	}
+	if y := fromYAML[2]; y["bfd-state"] != "down" || y["unprotected"] != true {
+		t.Errorf("yaml unprotected neighbor %v", y)
 	}
 	if _, err := time.Parse(time.RFC3339, n["last-established"].(string)); err != nil {
 		t.Errorf("last-established: %v", err)
 	}
-	if y := fromYAML[1]; y["neighbor-address"] != "2001:db8::1" || y["last-error"] != "hold timer expired" || y["sent"] != 1 {
+	if y := fromYAML[3]; y["neighbor-address"] != "2001:db8::1" || y["last-error"] != "hold timer expired" || y["sent"] != 1 {
 		t.Errorf("yaml neighbor %v", y)
 	}
 

@@ -46,8 +46,7 @@ func originOf(top string) string {
 
 // openconfig is the OpenConfig subtree: BGP neighbors of the default
 // network instance, at the paths of openconfig-network-instance and
-// openconfig-bgp. New neighbor state (enable-bfd/state,
-// graceful-restart/state) is added as containers beside state below.
+// openconfig-bgp, and enable-bfd, which openconfig-bfd gives the neighbor.
 func openconfig(st State, now func() time.Time) *node {
 	type ni struct{}
 	type proto struct{}
@@ -75,6 +74,19 @@ func openconfig(st State, now func() time.Time) *node {
 				return uint64(now().Add(-n.Uptime).Truncate(time.Second).UnixNano())
 			})),
 		container("afi-safis", afiSafi(st)),
+		// enabled: the peer has BFD configured. The BFD session's own
+		// state has no leaf under the neighbor (openconfig-bfd keys it
+		// by interface): it is portico's bfd-state.
+		container("enable-bfd",
+			container("config", leaf("enabled", bfdEnabled)),
+			container("state", leaf("enabled", bfdEnabled))),
+		// Only peer-restarting: graceful-restart/state/enabled is the
+		// local configuration, which NeighborState does not carry (its
+		// GracefulRestart is "negotiated", portico's
+		// graceful-restart-negotiated), and stale routes have no
+		// OpenConfig leaf (portico's stale).
+		container("graceful-restart",
+			container("state", leaf("peer-restarting", func(n bgp.NeighborState) any { return n.Restarting }))),
 	)
 	neighbor.parse, neighbor.configured = parseAddr, true
 	protocol := list("protocol", []string{"identifier", "name"},
@@ -106,6 +118,7 @@ func openconfig(st State, now func() time.Time) *node {
 func neighborAddress(n bgp.NeighborState) any { return n.Address.String() }
 func peerAS(n bgp.NeighborState) any          { return n.ASN }
 func description(n bgp.NeighborState) any     { return n.Name }
+func bfdEnabled(n bgp.NeighborState) any      { return n.BFD != "disabled" }
 
 // afiSafi is a neighbor's one address family: a session carries the
 // unicast routes of its peer address's family.
@@ -181,7 +194,11 @@ func porticoNeighbors(st State) *node {
 			leaf("name", description),
 			leaf("role", func(n bgp.NeighborState) any { return n.Role.String() }),
 			leaf("rejected", func(n bgp.NeighborState) any { return uint32(n.Rejected) }),
-			leaf("last-error", func(n bgp.NeighborState) any { return nonEmpty(n.LastError) })),
+			leaf("last-error", func(n bgp.NeighborState) any { return nonEmpty(n.LastError) }),
+			leaf("bfd-state", func(n bgp.NeighborState) any { return n.BFD }),
+			leaf("unprotected", func(n bgp.NeighborState) any { return n.Unprotected }),
+			leaf("graceful-restart-negotiated", func(n bgp.NeighborState) any { return n.GracefulRestart }),
+			leaf("stale", func(n bgp.NeighborState) any { return uint32(n.Stale) })),
 	)
 	l.parse = parseAddr
 	return l

@@ -129,6 +129,7 @@ func (s *Server) Capabilities(context.Context, *gpb.CapabilityRequest) (*gpb.Cap
 			// it names no revision because it serves only some leaves.
 			{Name: "openconfig-network-instance", Organization: "OpenConfig working group"},
 			{Name: "openconfig-bgp", Organization: "OpenConfig working group"},
+			{Name: "openconfig-bfd", Organization: "OpenConfig working group"},
 			{Name: yang.Name, Organization: "Portico", Version: yang.Revision},
 		},
 		SupportedEncodings: []gpb.Encoding{gpb.Encoding_JSON_IETF, gpb.Encoding_JSON},

@@ -51,9 +51,12 @@ func newFake() *fakeState {
 		reads: map[string]int{},
 		neighbors: []bgp.NeighborState{
 			{Name: "node1", Address: node1, ASN: 65001, Role: bgp.Node, State: "established", Uptime: 90 * time.Second,
-				Received: 3, Accepted: 2, Rejected: 1},
-			{Name: "node2", Address: node2, ASN: 65002, Role: bgp.Node, State: "active", LastError: "hold timer expired"},
-			{Name: "up1", Address: upstream, ASN: 64512, Role: bgp.Upstream, State: "established", Uptime: time.Hour, Advertised: 4},
+				Received: 3, Accepted: 2, Rejected: 1, BFD: "up", GracefulRestart: true},
+			// node2 restarts: its session is down, its route kept stale.
+			{Name: "node2", Address: node2, ASN: 65002, Role: bgp.Node, State: "active", LastError: "hold timer expired",
+				Received: 1, Accepted: 1, BFD: "disabled", Restarting: true, Stale: 1},
+			{Name: "up1", Address: upstream, ASN: 64512, Role: bgp.Upstream, State: "established", Uptime: time.Hour, Advertised: 4,
+				BFD: "admin-down", Unprotected: true, GracefulRestart: true},
 		},
 		routes: []bgp.Learned{
 			{Prefix: netip.MustParsePrefix("203.0.113.10/32"), NextHops: []netip.Addr{node1}},
@@ -166,8 +169,8 @@ func TestGet(t *testing.T) {
 				nb + "/neighbor[neighbor-address=192.0.2.11]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/state/prefixes/received-pre-policy = 3\n" +
 				nb + "/neighbor[neighbor-address=192.0.2.11]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/state/prefixes/installed = 2\n" +
 				nb + "/neighbor[neighbor-address=192.0.2.11]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/state/prefixes/sent = 0\n" +
-				nb + "/neighbor[neighbor-address=192.0.2.12]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/state/prefixes/received = 0\n" +
-				nb + "/neighbor[neighbor-address=192.0.2.12]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/state/prefixes/received-pre-policy = 0\n" +
+				nb + "/neighbor[neighbor-address=192.0.2.12]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/state/prefixes/received = 1\n" +
+				nb + "/neighbor[neighbor-address=192.0.2.12]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/state/prefixes/received-pre-policy = 1\n" +
 				nb + "/neighbor[neighbor-address=192.0.2.12]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/state/prefixes/installed = 1\n" +
 				nb + "/neighbor[neighbor-address=192.0.2.12]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/state/prefixes/sent = 0\n" +
 				nb + "/neighbor[neighbor-address=2001:db8::1]/afi-safis/afi-safi[afi-safi-name=IPV6_UNICAST]/state/prefixes/received = 0\n" +
@@ -196,22 +199,49 @@ func TestGet(t *testing.T) {
 				nb + "/neighbor[neighbor-address=192.0.2.12]/config/description = \"node2\"\n" +
 				nb + "/neighbor[neighbor-address=192.0.2.12]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/afi-safi-name = \"openconfig-bgp-types:IPV4_UNICAST\"\n" +
 				nb + "/neighbor[neighbor-address=192.0.2.12]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/config/afi-safi-name = \"openconfig-bgp-types:IPV4_UNICAST\"\n" +
-				nb + "/neighbor[neighbor-address=192.0.2.12]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/config/enabled = true\n",
+				nb + "/neighbor[neighbor-address=192.0.2.12]/afi-safis/afi-safi[afi-safi-name=IPV4_UNICAST]/config/enabled = true\n" +
+				nb + "/neighbor[neighbor-address=192.0.2.12]/enable-bfd/config/enabled = false\n",
 			reads: []string{"neighbors", "bgp-routes"},
 		},
 		{
-			name:  "the appliance's own neighbor leaves; last-error absent when there is none",
+			name: "BFD configured and a peer restarting, at their OpenConfig paths",
+			paths: []string{bgpNeighbors + "/neighbor/enable-bfd/state/enabled", bgpNeighbors + "/neighbor/graceful-restart/state/peer-restarting",
+				bgpNeighbors + "/neighbor[neighbor-address=2001:db8::1]/enable-bfd"},
+			want: nb + "/neighbor[neighbor-address=192.0.2.11]/enable-bfd/state/enabled = true\n" +
+				nb + "/neighbor[neighbor-address=192.0.2.12]/enable-bfd/state/enabled = false\n" +
+				nb + "/neighbor[neighbor-address=2001:db8::1]/enable-bfd/state/enabled = true\n" +
+				nb + "/neighbor[neighbor-address=192.0.2.11]/graceful-restart/state/peer-restarting = false\n" +
+				nb + "/neighbor[neighbor-address=192.0.2.12]/graceful-restart/state/peer-restarting = true\n" +
+				nb + "/neighbor[neighbor-address=2001:db8::1]/graceful-restart/state/peer-restarting = false\n" +
+				nb + "/neighbor[neighbor-address=2001:db8::1]/enable-bfd/config/enabled = true\n" +
+				nb + "/neighbor[neighbor-address=2001:db8::1]/enable-bfd/state/enabled = true\n",
+			reads: []string{"neighbors"},
+		},
+		{
+			name:  "the appliance's own neighbor leaves: BFD state and stale prefixes; last-error absent when there is none",
 			paths: []string{"/bgp/neighbors/neighbor/state"},
 			want: "portico:/bgp/neighbors/neighbor[address=192.0.2.11]/state/name = \"node1\"\n" +
 				"portico:/bgp/neighbors/neighbor[address=192.0.2.11]/state/role = \"node\"\n" +
 				"portico:/bgp/neighbors/neighbor[address=192.0.2.11]/state/rejected = 1\n" +
+				"portico:/bgp/neighbors/neighbor[address=192.0.2.11]/state/bfd-state = \"up\"\n" +
+				"portico:/bgp/neighbors/neighbor[address=192.0.2.11]/state/unprotected = false\n" +
+				"portico:/bgp/neighbors/neighbor[address=192.0.2.11]/state/graceful-restart-negotiated = true\n" +
+				"portico:/bgp/neighbors/neighbor[address=192.0.2.11]/state/stale = 0\n" +
 				"portico:/bgp/neighbors/neighbor[address=192.0.2.12]/state/name = \"node2\"\n" +
 				"portico:/bgp/neighbors/neighbor[address=192.0.2.12]/state/role = \"node\"\n" +
 				"portico:/bgp/neighbors/neighbor[address=192.0.2.12]/state/rejected = 0\n" +
 				"portico:/bgp/neighbors/neighbor[address=192.0.2.12]/state/last-error = \"hold timer expired\"\n" +
+				"portico:/bgp/neighbors/neighbor[address=192.0.2.12]/state/bfd-state = \"disabled\"\n" +
+				"portico:/bgp/neighbors/neighbor[address=192.0.2.12]/state/unprotected = false\n" +
+				"portico:/bgp/neighbors/neighbor[address=192.0.2.12]/state/graceful-restart-negotiated = false\n" +
+				"portico:/bgp/neighbors/neighbor[address=192.0.2.12]/state/stale = 1\n" +
 				"portico:/bgp/neighbors/neighbor[address=2001:db8::1]/state/name = \"up1\"\n" +
 				"portico:/bgp/neighbors/neighbor[address=2001:db8::1]/state/role = \"upstream\"\n" +
-				"portico:/bgp/neighbors/neighbor[address=2001:db8::1]/state/rejected = 0\n",
+				"portico:/bgp/neighbors/neighbor[address=2001:db8::1]/state/rejected = 0\n" +
+				"portico:/bgp/neighbors/neighbor[address=2001:db8::1]/state/bfd-state = \"admin-down\"\n" +
+				"portico:/bgp/neighbors/neighbor[address=2001:db8::1]/state/unprotected = true\n" +
+				"portico:/bgp/neighbors/neighbor[address=2001:db8::1]/state/graceful-restart-negotiated = true\n" +
+				"portico:/bgp/neighbors/neighbor[address=2001:db8::1]/state/stale = 0\n",
 			reads: []string{"neighbors"},
 		},
 		{
@@ -360,6 +390,8 @@ func TestGetErrors(t *testing.T) {
 			msg: `/ has no element "interfaces"`},
 		{name: "unknown element deep down", path: bgpNeighbors + "/neighbor[neighbor-address=192.0.2.11]/state/uptime", code: codes.NotFound,
 			msg: `state has no element "uptime" (it has neighbor-address, peer-as, description, session-state, last-established)`},
+		{name: "graceful restart's local configuration is not served", path: bgpNeighbors + "/neighbor[neighbor-address=192.0.2.11]/graceful-restart/state/enabled", code: codes.NotFound,
+			msg: `state has no element "enabled" (it has peer-restarting)`},
 		{name: "an element below a leaf", path: "/vips/vip/config/port/number", code: codes.NotFound,
 			msg: `/vips/vip/config/port is a leaf: it has no element "number"`},
 		{name: "a key on a container", path: "/vips[name=web]", code: codes.InvalidArgument,
@@ -421,7 +453,7 @@ func TestCapabilities(t *testing.T) {
 	for _, m := range resp.GetSupportedModels() {
 		models = append(models, m.GetName()+"@"+m.GetVersion())
 	}
-	want := []string{"openconfig-network-instance@", "openconfig-bgp@", "portico@2026-12-01"}
+	want := []string{"openconfig-network-instance@", "openconfig-bgp@", "openconfig-bfd@", "portico@2026-12-01"}
 	if !slices.Equal(models, want) {
 		t.Errorf("models %v, want %v", models, want)
 	}

@@ -109,6 +109,11 @@ func TestShow(t *testing.T) {
 		Received          int
 		Installed         int
 		Rejected          int
+		BFDState          string `json:"bfd-state"`
+		Unprotected       bool
+		GRNegotiated      bool `json:"graceful-restart-negotiated"`
+		PeerRestarting    bool `json:"peer-restarting"`
+		Stale             int
 	}
 	// Wait for the session and both routes; what is asserted follows.
 	var ns []neighbor
@@ -129,6 +134,11 @@ func TestShow(t *testing.T) {
 	n := ns[0]
 	if n.Address != "10.0.1.2" || n.Name != "node1" || n.Role != "node" || n.PeerAS != 65001 || n.Received != 1 || n.Rejected != 1 {
 		t.Errorf("neighbor %+v", n)
+	}
+	// Neither BFD nor graceful restart is configured: BFD disabled is no
+	// unprotected session, and nothing is negotiated or stale.
+	if n.BFDState != "disabled" || n.Unprotected || n.GRNegotiated || n.PeerRestarting || n.Stale != 0 {
+		t.Errorf("neighbor BFD and graceful restart %+v", n)
 	}
 	if est, err := time.Parse(time.RFC3339, n.LastEstablished); err != nil || est.After(time.Now()) {
 		t.Errorf("last-established %q: %v", n.LastEstablished, err)
@@ -204,7 +214,7 @@ func TestShow(t *testing.T) {
 
 	// The table form, as a person reads it.
 	b, err := exec.Command(filepath.Join(binDir, "appliance"), "show", "bgp", "neighbors", "--target", sock).CombinedOutput()
-	if err != nil || !strings.Contains(string(b), "10.0.1.2") || !strings.Contains(string(b), "ESTABLISHED") {
+	if err != nil || !strings.Contains(string(b), "10.0.1.2") || !strings.Contains(string(b), "ESTABLISHED") || !strings.Contains(string(b), "disabled") {
 		t.Errorf("show bgp neighbors: %v\n%s", err, b)
 	}
 
