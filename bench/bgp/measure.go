@@ -184,28 +184,31 @@ func failover(ctx context.Context, log *slog.Logger, r router, trials int) (res 
 			res.err = fmt.Errorf("trial %d: node2's BFD session up: %w", i+1, err)
 			return res
 		}
-		silenced := time.Now()
-		if _, err := l.Exec(ctx, "node2", "nft", "-f", rules); err != nil {
+		// step runs argv on node2 and returns how long until the VIP has n
+		// next hops, counted from just before the command.
+		step := func(what string, n int, argv ...string) (time.Duration, error) {
+			start := time.Now()
+			if _, err := l.Exec(ctx, "node2", argv...); err != nil {
+				return 0, err
+			}
+			at, err := f.wait(ctx, 2*time.Minute, hops(n))
+			if err != nil {
+				return 0, fmt.Errorf("trial %d: %s: %w", i+1, what, err)
+			}
+			return at.Sub(start), nil
+		}
+		detect, err := step("node2's next hop leaving", 1, "nft", "-f", rules)
+		if err != nil {
 			res.err = err
 			return res
 		}
-		gone, err := f.wait(ctx, 2*time.Minute, hops(1))
+		res.detect = append(res.detect, detect)
+		back, err := step("node2's next hop back", 2, "nft", "delete", "table", "inet", "silence")
 		if err != nil {
-			res.err = fmt.Errorf("trial %d: node2's next hop leaving: %w", i+1, err)
-			return res
-		}
-		res.detect = append(res.detect, gone.Sub(silenced))
-		spoke := time.Now()
-		if _, err := l.Exec(ctx, "node2", "nft", "delete", "table", "inet", "silence"); err != nil {
 			res.err = err
 			return res
 		}
-		back, err := f.wait(ctx, 2*time.Minute, hops(2))
-		if err != nil {
-			res.err = fmt.Errorf("trial %d: node2's next hop back: %w", i+1, err)
-			return res
-		}
-		res.recover = append(res.recover, back.Sub(spoke))
+		res.recover = append(res.recover, back)
 		log.Info("failover trial", "router", r.name(), "trial", i+1, "detect", res.detect[i], "recover", res.recover[i])
 	}
 	return res
