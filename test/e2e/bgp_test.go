@@ -55,11 +55,7 @@ func testECMP(t *testing.T, v6 bool) {
 	}
 	var peers string
 	for n := 1; n <= 3; n++ {
-		node := fmt.Sprintf("node%d", n)
-		if _, err := l.Exec(context.Background(), node, "ip", "addr", "add", vip.String(), "dev", "lo"); err != nil {
-			t.Fatal(err)
-		}
-		l.startBackend(node)
+		l.serveVIP(fmt.Sprintf("node%d", n), vip)
 		peers += nodePeer(n, v6, uint32(65000+n), "accept: ["+accept+"]")
 	}
 	l.writeConfig(bgpHead + peers)
@@ -99,6 +95,16 @@ func testECMP(t *testing.T, v6 bool) {
 			t.Fatalf("no route left, but %s answered on %s", name, target)
 		}
 	}
+}
+
+// serveVIP puts vip on node's lo and starts the backend there, so that
+// connections to vip routed to node are answered by node.
+func (l *lab) serveVIP(node string, vip netip.Prefix) {
+	l.t.Helper()
+	if _, err := l.Exec(context.Background(), node, "ip", "addr", "add", vip.String(), "dev", "lo"); err != nil {
+		l.t.Fatal(err)
+	}
+	l.startBackend(node)
 }
 
 // wantReach opens new connections from the client to target (an HTTP
@@ -636,11 +642,7 @@ func TestBGPBFDFailover(t *testing.T) {
 	bfd := map[int]bool{1: true, 2: true}
 	var peers string
 	for n := 1; n <= 3; n++ {
-		node := fmt.Sprintf("node%d", n)
-		if _, err := l.Exec(context.Background(), node, "ip", "addr", "add", vip.String(), "dev", "lo"); err != nil {
-			t.Fatal(err)
-		}
-		l.startBackend(node)
+		l.serveVIP(fmt.Sprintf("node%d", n), vip)
 		extra := "accept: [203.0.113.0/24], hold-time: 9s, keepalive: 3s"
 		if bfd[n] {
 			extra += ", bfd: {enabled: true, interval: 100ms, multiplier: 3}"
