@@ -209,7 +209,7 @@ func (o *owner) poll(ctx context.Context) {
 		o.warnUnprotected(ps, now)
 	}
 	if changed {
-		o.refresh(ctx)
+		o.refresh(ctx, true)
 	}
 }
 

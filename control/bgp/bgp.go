@@ -241,6 +241,8 @@ func (s *Speaker) Run(ctx context.Context) error {
 			o.handle(ctx, event{})
 		case <-poll.C:
 			o.poll(ctx)
+		case <-o.relistC():
+			o.refresh(ctx, true)
 		}
 	}
 }

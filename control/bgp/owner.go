@@ -39,7 +39,18 @@ type owner struct {
 	learned map[netip.Prefix]Learned
 	routes  []Learned             // learned, sorted by prefix; never changed in place
 	dirty   map[netip.Prefix]bool // prefixes whose paths changed since the last relearn
+
+	// What gobgp last listed of its peers, when, and a timer that lists them again
+	// after a refresh that reused it (see refresh).
+	states   map[netip.Addr]*api.Peer
+	listedAt time.Time
+	relist   *time.Timer
 }
+
+// listEvery is how often at most a burst of route updates makes the owner list
+// gobgp's peers: listing counts every peer's Adj-RIB-In by walking it, which at
+// 100,000 prefixes cost more than the updates themselves.
+const listEvery = time.Second
 
 // peerState is what the owner knows of one peer in gobgp.
 type peerState struct {
@@ -99,7 +110,7 @@ func (o *owner) set(ctx context.Context, c Config) error {
 	if o.srv != nil {
 		o.gate(ctx)
 	}
-	o.refresh(ctx)
+	o.refresh(ctx, true)
 	return err
 }
 
@@ -297,7 +308,7 @@ func (o *owner) stopServer(graceful bool) {
 	}
 	o.srv.Stop()
 	o.log.Info("stopped", "asn", o.global.ASN, "router-id", o.global.RouterID, "graceful", graceful)
-	o.srv, o.stopWatch, o.global, o.policy = nil, nil, Global{}, nil
+	o.srv, o.stopWatch, o.global, o.policy, o.states = nil, nil, Global{}, nil, nil
 	for _, ps := range o.peers {
 		o.dropAll(ps)
 	}
@@ -310,7 +321,11 @@ func (o *owner) stopServer(graceful bool) {
 // handle takes ev and every other event already queued, and the resets gobgp was asked
 // for, then runs BFD as the sessions' states want and publishes the result.
 func (o *owner) handle(ctx context.Context, ev event) {
+	routesOnly := true // the batch holds only routes of established sessions
 	for more := true; more; {
+		if ev.state != nil || (ev.paths == nil && !ev.eor) {
+			routesOnly = false
+		}
 		if ps := o.addrs[ev.addr]; ps != nil {
 			o.note(ps, ev)
 		}
@@ -331,7 +346,7 @@ func (o *owner) handle(ctx context.Context, ev event) {
 	if o.srv != nil {
 		o.gate(ctx)
 	}
-	o.refresh(ctx)
+	o.refresh(ctx, !routesOnly)
 }
 
 // note takes in one event about ps.
@@ -381,11 +396,24 @@ func (o *owner) noteState(ps *peerState, st *apiutil.PeerState) {
 
 // refresh reads from gobgp the state of every peer, learns again the prefixes whose
 // paths changed, and publishes Routes and Neighbors.
-func (o *owner) refresh(ctx context.Context) {
+func (o *owner) refresh(ctx context.Context, list bool) {
 	routesChanged := o.relearn()
 	if o.srv == nil {
 		o.publish(routesChanged, nil)
 		return
+	}
+	// Route updates alone change only counters that gobgp lists: while they come in
+	// a burst, list at most every listEvery, and once more when the burst is over.
+	if wait := listEvery - time.Since(o.listedAt); !list && o.states != nil && wait > 0 {
+		if o.relist == nil {
+			o.relist = time.NewTimer(wait)
+		}
+		o.publish(routesChanged, o.neighbors(o.states))
+		return
+	}
+	if o.relist != nil {
+		o.relist.Stop()
+		o.relist = nil
 	}
 	states := map[netip.Addr]*api.Peer{}
 	err := o.srv.ListPeer(ctx, &api.ListPeerRequest{EnableAdvertised: true}, func(p *api.Peer) {
@@ -396,6 +424,7 @@ func (o *owner) refresh(ctx context.Context) {
 	if err != nil {
 		o.log.Error("list peers", "err", err)
 	}
+	o.states, o.listedAt = states, time.Now()
 	for _, ps := range o.peers {
 		if states[ps.Address].GetState().GetAdminState() == api.PeerState_ADMIN_STATE_PFX_CT && !ps.shutdown {
 			ps.shutdown = true
@@ -405,6 +434,15 @@ func (o *owner) refresh(ctx context.Context) {
 		}
 	}
 	o.publish(routesChanged, o.neighbors(states))
+}
+
+// relistC delivers when refresh owes a listing of gobgp's peers; nil when it
+// owes none.
+func (o *owner) relistC() <-chan time.Time {
+	if o.relist == nil {
+		return nil
+	}
+	return o.relist.C
 }
 
 // neighbors returns the state of every peer, given what gobgp lists.

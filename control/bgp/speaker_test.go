@@ -292,3 +292,23 @@ func TestSetKeepsSessions(t *testing.T) {
 			"show", "protocols", "appliance")
 	}
 }
+
+// TestCountsAfterBurst: an upstream router announces routes right after its session
+// comes up, which the speaker refuses but gobgp counts. Route updates alone list
+// gobgp's peers at most every listEvery, so the count must still arrive once the
+// burst is over, with no event after it.
+func TestCountsAfterBurst(t *testing.T) {
+	t.Parallel()
+	lab := topo.UpT(t, labFile)
+	sp := startSpeaker(t, lab)
+	_, upAddr := nodeAddrs(4, false)
+	sp.mustSet(Config{
+		Global: applianceGlobal,
+		Peers:  []Peer{{Name: "upstream", Address: upAddr, ASN: 65100, Role: Upstream, HoldTime: 9 * time.Second, Keepalive: 3 * time.Second}},
+	})
+	startBird(t, lab, "upstream", nodeConf(4, false, 65100, statics("static1 198.51.100.0/24", "static1 198.51.100.128/25", "static1 198.51.100.192/26")))
+	sp.waitFor("the upstream's three routes counted", func(st speakerState) bool {
+		n, _ := st.neighbor("upstream")
+		return st.established("upstream") && n.Received == 3
+	})
+}
