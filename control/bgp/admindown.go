@@ -29,16 +29,16 @@ import (
 // deleted with the last one, and when Run returns.
 
 const (
-	bfdPort       = 3784 // single-hop BFD control packets (RFC 5881)
-	guardTable    = "portico-bfd"
-	guardChain    = "input"
-	guardAdmin4   = "admin-down4"
-	guardAdmin6   = "admin-down6"
-	guardLive4    = "live4"
-	guardLive6    = "live6"
-	guardMemory   = 3 * time.Second // how long a set keeps a source that sends nothing more
-	bfdStateMask  = 0xc0            // the state field: the top 2 bits of a BFD packet's second byte
-	bfdStateOffet = 8 + 1           // of that byte in the UDP datagram
+	bfdPort        = 3784 // single-hop BFD control packets (RFC 5881)
+	guardTable     = "portico-bfd"
+	guardChain     = "input"
+	guardAdmin4    = "admin-down4"
+	guardAdmin6    = "admin-down6"
+	guardLive4     = "live4"
+	guardLive6     = "live6"
+	guardMemory    = 3 * time.Second // how long a set keeps a source that sends nothing more
+	bfdStateMask   = 0xc0            // the state field: the top 2 bits of a BFD packet's second byte
+	bfdStateOffset = 8 + 1           // of that byte in the UDP datagram
 )
 
 // adminDownGuard is the nftables table that keeps AdminDown packets from gobgp.
@@ -121,7 +121,7 @@ func (g *adminDownGuard) create() error {
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_UDP}},
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(bfdPort)},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: bfdStateOffet, Len: 1},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: bfdStateOffset, Len: 1},
 			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{bfdStateMask}, Xor: []byte{0}},
 			&expr.Cmp{Op: state, Register: 1, Data: []byte{0}}, // AdminDown is 0
 			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: r.saddr, Len: r.length},
