@@ -6,7 +6,6 @@ import (
 	"net/netip"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/binaryutil"
 )
 
 // Keys and data are laid out as the kernel leaves them in its 32-bit
@@ -23,44 +22,45 @@ const (
 
 func reg32(n uint32) uint32 { return 8 + n }
 
-// proto4 is a protocol number in a register: one byte and three of padding.
-func proto4(p Proto) []byte { return []byte{byte(p), 0, 0, 0} }
-
-// port4 is a port in a register: two bytes big-endian and two of padding.
-func port4(port uint16) []byte {
-	b := make([]byte, 4)
-	binary.BigEndian.PutUint16(b, port)
-	return b
-}
-
 // serviceKey is the key of services4/services6 and of vip_counters4/6:
 // daddr . l4proto . dport.
-func serviceKey(k Key) []byte {
-	return concat(k.Addr.AsSlice(), proto4(k.Proto), port4(k.Port))
+func serviceKey(k Key) []byte { return appendServiceKey(nil, k) }
+
+func appendServiceKey(b []byte, k Key) []byte {
+	if k.Addr.Is4() {
+		a := k.Addr.As4()
+		b = append(b, a[:]...)
+	} else {
+		a := k.Addr.As16()
+		b = append(b, a[:]...)
+	}
+	return append(b, byte(k.Proto), 0, 0, 0, byte(k.Port>>8), byte(k.Port), 0, 0)
+}
+
+// appendSlotKey appends the key of slots4/slots6: the VIP's key . slot.
+func appendSlotKey(b []byte, k Key, slot int) []byte {
+	return binary.NativeEndian.AppendUint32(appendServiceKey(b, k), uint32(slot))
 }
 
 // backendCounterKey is the key of backend_counters4/6: the VIP's key .
 // backend address . backend port.
 func backendCounterKey(k Key, b netip.AddrPort) []byte {
-	return concat(serviceKey(k), backendData(b))
+	return appendBackend(serviceKey(k), b)
 }
-
-// slotKey is a slot number as the hash and numgen expressions leave it: a
-// host-endian 32-bit integer.
-func slotKey(slot int) []byte { return binaryutil.NativeEndian.PutUint32(uint32(slot)) }
 
 // backendData is a slot map's value: backend address . port, read by the
 // DNAT expression from two registers.
-func backendData(b netip.AddrPort) []byte {
-	return concat(b.Addr().AsSlice(), port4(b.Port()))
-}
+func backendData(b netip.AddrPort) []byte { return appendBackend(nil, b) }
 
-func concat(parts ...[]byte) []byte {
-	var out []byte
-	for _, p := range parts {
-		out = append(out, p...)
+func appendBackend(b []byte, be netip.AddrPort) []byte {
+	if a := be.Addr(); a.Is4() {
+		x := a.As4()
+		b = append(b, x[:]...)
+	} else {
+		x := a.As16()
+		b = append(b, x[:]...)
 	}
-	return out
+	return append(b, byte(be.Port()>>8), byte(be.Port()), 0, 0)
 }
 
 func decodeServiceKey(b []byte, v6 bool) (Key, error) {
@@ -104,11 +104,16 @@ func decodeBackendData(b []byte, v6 bool) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(a, binary.BigEndian.Uint16(b[n:])), nil
 }
 
-func decodeSlotKey(b []byte) (int, error) {
-	if len(b) != 4 {
-		return 0, fmt.Errorf("slot key of %d bytes", len(b))
+// decodeSlotKey reverses appendSlotKey.
+func decodeSlotKey(b []byte, v6 bool) (Key, int, error) {
+	if len(b) < 4 {
+		return Key{}, 0, fmt.Errorf("slot key of %d bytes", len(b))
 	}
-	return int(binaryutil.NativeEndian.Uint32(b)), nil
+	k, err := decodeServiceKey(b[:len(b)-4], v6)
+	if err != nil {
+		return Key{}, 0, fmt.Errorf("slot key: %w", err)
+	}
+	return k, int(binary.NativeEndian.Uint32(b[len(b)-4:])), nil
 }
 
 func mustConcat(types ...nftables.SetDatatype) nftables.SetDatatype {

@@ -28,31 +28,44 @@ type Options struct {
 type Target struct {
 	mu   sync.Mutex
 	conn *nftables.Conn
-	o    *objects
-	log  *slog.Logger
+	// raw sends hand-encoded batches (set elements, the forward chain's
+	// rules); nil until first needed and after a failed batch.
+	raw *netlink.Conn
+	o   *objects
+	log *slog.Logger
 	// netns is the namespace's descriptor, 0 for our own.
 	netns int
-	// cur is what the kernel holds, as last written or read; nil until the
-	// table has been adopted, and again after a failed batch, so that the
-	// next Set starts from what the kernel really holds.
-	cur map[Key]Service
+	// cur is what the kernel holds, sorted by key, as last written or
+	// read; nil until the table has been adopted, and again after a failed
+	// batch, so that the next Set starts from what the kernel really holds.
+	cur []Service
+	// refs counts the users of every pick chain and slot map the kernel
+	// holds.
+	refs objectRefs
 }
 
-// maxBatch bounds the netlink attributes sent in one transaction: the whole
-// batch must fit the socket's send buffer.
-const maxBatch = 1500
+// maxStructure bounds the structure steps (chains, rules) of one batch.
+const maxStructure = 2000
+
+// maxBatchBytes is about how many bytes of elements one batch carries: a
+// batch is one sendmsg, and it is cut only after a whole service. Bigger
+// batches save the kernel work per transaction (it validates the table
+// after each one that changes dispatch entries), smaller ones hold less
+// memory in the kernel while it is being committed.
+const maxBatchBytes = 4 << 20
 
 // sendBuffer is the netlink socket's send buffer. A batch is one sendmsg,
-// and it is cut only after a whole service, so the buffer must hold the
-// largest service change: all 65521 slots of an IPv6 VIP replaced, with as
-// many backends, is about 11 MiB. The default (net.core.wmem_default) is
-// 208 KiB, and SO_SNDBUF is capped by net.core.wmem_max; SO_SNDBUFFORCE is
-// not, and needs CAP_NET_ADMIN, which nftables needs anyway.
-const sendBuffer = 16 << 20
+// and it is cut only after a whole service, so the buffer must hold
+// maxBatchBytes plus the largest service change: all MaxSlots slots of an
+// IPv6 VIP deleted and added again, with as many backends, is about 11 MiB.
+// The default (net.core.wmem_default) is 208 KiB, and SO_SNDBUF is capped by
+// net.core.wmem_max; SO_SNDBUFFORCE is not, and needs CAP_NET_ADMIN, which
+// nftables needs anyway.
+const sendBuffer = 32 << 20
 
 // recvBuffer is the receive buffer: the kernel queues one ack for every
-// message of a batch before any is read, and a batch of deletions (one
-// message each) overflows the 208 KiB default with ENOBUFS.
+// message of a batch before any is read, and reads a set of a million
+// elements back in parts that must fit.
 const recvBuffer = 16 << 20
 
 // New opens a netlink connection to nftables. It changes nothing.
@@ -102,37 +115,68 @@ func forceBuffers(c *netlink.Conn) error {
 	return nil
 }
 
-// Close releases the netlink connection; the kernel keeps the table.
-func (t *Target) Close() error { return t.conn.CloseLasting() }
+// Close releases the netlink connections; the kernel keeps the table.
+func (t *Target) Close() error {
+	t.closeRaw()
+	return t.conn.CloseLasting()
+}
+
+func (t *Target) closeRaw() {
+	if t.raw != nil {
+		_ = t.raw.Close()
+		t.raw = nil
+	}
+}
+
+// errInvalid marks a service that Set refuses.
+var errInvalid = errors.New("invalid service")
 
 // Set makes the table hold exactly the given services, changing only what
 // differs from what it holds. The first call adopts what an earlier run left
 // in the kernel (Dump, diff, fix) rather than flushing it, so established
 // connections keep flowing across a daemon restart. Calling Set twice with
 // the same services sends nothing the second time. An invalid service is an
-// error before anything is sent. The changes of one service always reach
-// the kernel in one transaction.
+// error before anything is sent. The element changes of one service always
+// reach the kernel in one transaction.
+//
+// Set keeps the Backends and Slots slices it is given, without copying
+// them: the caller must not modify them afterwards. It finds the services
+// that did not change by comparing each with what it kept, which costs
+// next to nothing for a slice it kept itself; so a caller that gives the
+// same slices again for what did not change (control.Desired does: it is
+// never modified, and compile reuses the tables of unchanged VIPs) pays
+// for what changed only, not for every service.
 func (t *Target) Set(ctx context.Context, services []Service) error {
-	want := make(map[Key]Service, len(services))
-	for _, s := range services {
-		if err := s.validate(); err != nil {
-			return fmt.Errorf("nft: %w", err)
+	want := services
+	if !slices.IsSortedFunc(want, func(a, b Service) int { return a.Key.Compare(b.Key) }) {
+		want = slices.Clone(want)
+		slices.SortFunc(want, func(a, b Service) int { return a.Key.Compare(b.Key) })
+	}
+	for i := 1; i < len(want); i++ {
+		if want[i].Key == want[i-1].Key {
+			return fmt.Errorf("nft: service %s: listed twice", want[i].Key)
 		}
-		if _, dup := want[s.Key]; dup {
-			return fmt.Errorf("nft: service %s: listed twice", s.Key)
-		}
-		want[s.Key] = s.normalize()
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if t.cur == nil {
+		// Everything is new to a target that has not adopted the table
+		// yet: check it all before reading the kernel.
+		for _, s := range want {
+			if err := s.validate(); err != nil {
+				return fmt.Errorf("nft: %w", err)
+			}
+		}
+	}
 	err := t.set(ctx, want)
-	if err != nil && ctx.Err() == nil {
+	if err != nil && !errors.Is(err, errInvalid) && ctx.Err() == nil {
 		// The kernel may hold something other than we thought (a batch
 		// failed, or someone edited the table): read it back and retry once.
 		t.log.Warn("nft: set failed, resyncing from the kernel", "err", err)
 		t.cur = nil
-		// Unread replies of the failed batch would stay on the connection
-		// and answer the next request: start on a new one.
+		// Unread replies of the failed batch would stay on the connections
+		// and answer the next request: start on new ones.
+		t.closeRaw()
 		_ = t.conn.CloseLasting()
 		if derr := t.dial(); derr != nil {
 			return errors.Join(err, derr)
@@ -142,96 +186,224 @@ func (t *Target) Set(ctx context.Context, services []Service) error {
 	return err
 }
 
-func (t *Target) set(ctx context.Context, want map[Key]Service) error {
-	if t.cur == nil {
-		if err := t.adopt(ctx); err != nil {
+// set makes the kernel hold want, sorted by key and without duplicates.
+func (t *Target) set(ctx context.Context, want []Service) error {
+	p := &plan{}
+	cur := t.cur
+	var a *adoption
+	if cur == nil {
+		var err error
+		if a, err = t.adopt(); err != nil {
 			return err
 		}
+		p, cur = a.pre, a.services
+		t.refs = objectRefs{base: a.refs}
 	}
-	p := diffPlan(t.o, t.cur, want)
-	if err := t.run(ctx, p); err != nil {
-		t.cur = nil
-		return err
+	var foreign map[Key]string
+	var idle []string
+	if a != nil {
+		foreign, idle = a.foreign, a.idle
 	}
-	t.cur = want
-	return nil
-}
-
-// adopt reads the table an earlier run left, removes what does not belong
-// to a service, and makes sure the base objects are as this version writes
-// them.
-func (t *Target) adopt(ctx context.Context) error {
-	d, err := t.dump()
+	changes, next, err := diff(cur, want, foreign)
 	if err != nil {
+		t.refs.delta = nil
+		if a != nil {
+			t.cur = nil
+		}
+		return fmt.Errorf("nft: %w", err)
+	}
+	p.append(diffPlan(t.o, &t.refs, changes, idle))
+	if a != nil {
+		p.append(a.post)
+	}
+	if err := t.run(ctx, p); err != nil {
+		t.cur, t.refs.delta = nil, nil
 		return err
 	}
-	p := basePlan(t.o)
-	for _, name := range d.orphanChains {
-		ch := &nftables.Chain{Table: t.o.table, Name: name}
-		p.add(1, "delete chain inet "+TableName+" "+name, func(c *nftables.Conn) error { c.DelChain(ch); return nil })
-	}
-	for _, name := range d.orphanSets {
-		s := &nftables.Set{Table: t.o.table, Name: name}
-		p.add(1, "delete map inet "+TableName+" "+name, func(c *nftables.Conn) error { c.DelSet(s); return nil })
-	}
-	for _, oc := range d.orphanCounters {
-		p.add(1, fmt.Sprintf("delete element inet %s %s { %x }", TableName, oc.set.Name, oc.key), func(c *nftables.Conn) error {
-			return c.SetDeleteElements(oc.set, []nftables.SetElement{{Key: oc.key}})
-		})
-	}
-	p.endService()
-	if err := t.run(ctx, p); err != nil {
-		return fmt.Errorf("nft: adopt table inet %s: %w", TableName, err)
-	}
-	if n := len(d.services); n > 0 {
-		t.log.Info("nft: adopted existing table", "services", n, "orphans", len(d.orphanChains)+len(d.orphanSets))
-	}
-	t.cur = d.services
+	t.refs.commit()
+	t.cur = next
 	return nil
 }
 
-// run sends a plan in batches, each cut after a whole service.
+// diff walks cur and want, both sorted by key, and returns the changes and
+// what the kernel holds once they are made. A service of want that equals
+// its counterpart in cur costs one cheap comparison (Service.same); only
+// those that differ are validated. foreign names the services whose
+// dispatch entry points somewhere else than their pick chain (adopted from
+// a table that an older version wrote): they change whatever they hold.
+func diff(cur, want []Service, foreign map[Key]string) ([]change, []Service, error) {
+	var changes []change
+	next := make([]Service, 0, len(want))
+	oldChain := func(s Service) string {
+		if ch, ok := foreign[s.Key]; ok {
+			return ch
+		}
+		return dispatch(s)
+	}
+	i, j := 0, 0
+	for i < len(cur) || j < len(want) {
+		c := 0
+		switch {
+		case i == len(cur):
+			c = 1
+		case j == len(want):
+			c = -1
+		default:
+			c = cur[i].Key.Compare(want[j].Key)
+		}
+		switch {
+		case c < 0:
+			changes = append(changes, change{old: cur[i], hasOld: true, oldChain: oldChain(cur[i])})
+			i++
+			continue
+		case c > 0:
+			if err := want[j].validate(); err != nil {
+				return nil, nil, fmt.Errorf("%w: %w", errInvalid, err)
+			}
+			n := want[j].normalize()
+			changes = append(changes, change{new: n, hasNew: true})
+			next = append(next, n)
+			j++
+			continue
+		}
+		n := want[j].normalize()
+		_, isForeign := foreign[n.Key]
+		if !isForeign && cur[i].same(n) {
+			next = append(next, n)
+		} else {
+			if err := want[j].validate(); err != nil {
+				return nil, nil, fmt.Errorf("%w: %w", errInvalid, err)
+			}
+			changes = append(changes, change{old: cur[i], new: n, hasOld: true, hasNew: true, oldChain: oldChain(cur[i])})
+			next = append(next, n)
+		}
+		i++
+		j++
+	}
+	return changes, next, nil
+}
+
+// run sends a plan in batches. Structure and element steps never share a
+// batch; a batch is cut only after a unit, once it is big enough, and
+// whenever the next step is of another kind.
 func (t *Target) run(ctx context.Context, p *plan) error {
-	size := 0 // attributes queued on the connection
-	for i, s := range p.steps {
+	var elems elemBatch
+	var w wire     // reused from batch to batch: a fresh buffer costs page faults
+	structure := 0 // structure steps queued on t.conn
+	last := ""     // the last step queued, for errors
+	flush := func() error {
+		switch {
+		case structure > 0:
+			structure = 0
+			if err := t.conn.Flush(); err != nil {
+				return fmt.Errorf("nft: batch ending with %q: %w", last, err)
+			}
+		case !elems.empty():
+			w.reset()
+			w.batch(elems.encode)
+			elems = elemBatch{}
+			if err := t.sendRaw(&w); err != nil {
+				return fmt.Errorf("nft: batch ending with %.200q: %w", last, err)
+			}
+		}
+		return nil
+	}
+	for i := range p.steps {
+		s := &p.steps[i]
 		// ctx is checked only while nothing is queued: a batch once begun
 		// is always sent, or its messages would stay on the connection and
 		// go out with the next call's first batch, unseen by its plan.
-		if size == 0 {
+		if structure == 0 && elems.empty() {
 			if err := ctx.Err(); err != nil {
 				return fmt.Errorf("nft: %w", err)
 			}
 		}
-		if s.raw != nil {
-			if err := t.conn.Flush(); err != nil {
-				return fmt.Errorf("nft: batch before %q: %w", s.text, err)
+		switch {
+		case s.raw != nil:
+			if err := flush(); err != nil {
+				return err
 			}
-			msgs, err := rawForwardBatch(s.raw)
-			if err == nil {
-				err = sendRaw(t.netns, msgs)
-			}
-			if err != nil {
+			w.reset()
+			w.batch(func(w *wire) {
+				for _, m := range s.raw {
+					w.message(m)
+				}
+			})
+			if err := t.sendRaw(&w); err != nil {
 				return fmt.Errorf("nft: %s: %w", s.text, err)
 			}
-			size = 0
 			continue
-		}
-		if err := s.apply(t.conn); err != nil {
-			return fmt.Errorf("nft: %s: %w", s.text, err)
-		}
-		size += s.size
-		if (size >= maxBatch && s.service) || i == len(p.steps)-1 {
-			if err := t.conn.Flush(); err != nil {
-				return fmt.Errorf("nft: batch ending with %q: %w", s.text, err)
+		case s.elems != nil:
+			if structure > 0 {
+				if err := flush(); err != nil {
+					return err
+				}
 			}
-			size = 0
+			elems.push(s.elems)
+			last = "elements of " + s.elems.set.Name
+		default:
+			if !elems.empty() {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			if err := s.apply(t.conn); err != nil {
+				return fmt.Errorf("nft: %s: %w", s.text, err)
+			}
+			structure += s.size
+			last = s.text
 		}
+		if s.unit && (structure >= maxStructure || elems.bytes >= maxBatchBytes) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
+// sendRaw sends a batch of hand-built messages and waits for every ack.
+func (t *Target) sendRaw(w *wire) error {
+	if t.raw == nil {
+		c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: t.netns})
+		if err != nil {
+			return fmt.Errorf("dial netfilter netlink: %w", err)
+		}
+		if err := forceBuffers(c); err != nil {
+			c.Close()
+			return err
+		}
+		t.raw = c
+	}
+	rc, err := t.raw.SyscallConn()
+	if err != nil {
+		t.closeRaw()
+		return err
+	}
+	var serr error
+	err = rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), w.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		return serr != unix.EAGAIN
+	})
+	if err = errors.Join(err, serr); err != nil {
+		t.closeRaw()
+		return fmt.Errorf("send: %w", err)
+	}
+	for acks := w.acks; acks > 0; {
+		replies, err := t.raw.Receive()
+		if err != nil {
+			// The other acks of the batch may still be queued.
+			t.closeRaw()
+			return err
+		}
+		acks -= len(replies)
 	}
 	return nil
 }
 
 // Dump reads the services the kernel holds now, sorted by key. A service
-// whose chain lost its rule is reported with an empty Slots.
+// whose dispatch entry names no pick chain of this version is reported with
+// no slots.
 func (t *Target) Dump(ctx context.Context) ([]Service, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -239,201 +411,7 @@ func (t *Target) Dump(ctx context.Context) ([]Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Service, 0, len(d.services))
-	for _, s := range d.services {
-		out = append(out, s)
-	}
-	slices.SortFunc(out, func(a, b Service) int { return a.Key.Compare(b.Key) })
-	return out, nil
-}
-
-type dumped struct {
-	services       map[Key]Service
-	orphanChains   []string
-	orphanSets     []string
-	orphanCounters []orphanCounter
-}
-
-type orphanCounter struct {
-	set *nftables.Set
-	key []byte
-}
-
-func isNotExist(err error) bool {
-	return errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such file")
-}
-
-func (t *Target) dump() (*dumped, error) {
-	d := &dumped{services: map[Key]Service{}}
-	if _, err := t.conn.ListTableOfFamily(TableName, nftables.TableFamilyINet); err != nil {
-		if isNotExist(err) {
-			return d, nil
-		}
-		return nil, fmt.Errorf("nft: list table inet %s: %w", TableName, err)
-	}
-	sets, err := t.conn.GetSets(t.o.table)
-	if err != nil {
-		return nil, fmt.Errorf("nft: list sets of inet %s: %w", TableName, err)
-	}
-	setNames := map[string]*nftables.Set{}
-	for _, s := range sets {
-		setNames[s.Name] = s
-	}
-	chains, err := t.conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
-	if err != nil {
-		return nil, fmt.Errorf("nft: list chains: %w", err)
-	}
-	usedChains := map[string]bool{}
-	for _, svc := range []*nftables.Set{t.o.services4, t.o.services6} {
-		if setNames[svc.Name] == nil {
-			continue
-		}
-		elems, err := t.elements(svc)
-		if err != nil {
-			return nil, fmt.Errorf("nft: list map %s: %w", svc.Name, err)
-		}
-		for _, e := range elems {
-			k, err := decodeServiceKey(e.Key, svc == t.o.services6)
-			if err != nil {
-				return nil, fmt.Errorf("nft: map %s: %w", svc.Name, err)
-			}
-			s, err := t.dumpService(k, setNames)
-			if err != nil {
-				return nil, err
-			}
-			d.services[k] = s
-			usedChains[k.chainName()] = true
-		}
-	}
-	for _, set := range []*nftables.Set{t.o.vipCounters4, t.o.vipCounters6} {
-		if setNames[set.Name] == nil {
-			continue
-		}
-		elems, err := t.elements(set)
-		if err != nil {
-			return nil, fmt.Errorf("nft: list set %s: %w", set.Name, err)
-		}
-		for _, e := range elems {
-			k, err := decodeServiceKey(e.Key, set == t.o.vipCounters6)
-			if err != nil {
-				return nil, fmt.Errorf("nft: set %s: %w", set.Name, err)
-			}
-			if _, ok := d.services[k]; !ok {
-				// A counter whose VIP is gone: adopt deletes it.
-				d.orphanCounters = append(d.orphanCounters, orphanCounter{set, e.Key})
-			}
-		}
-	}
-	for _, set := range []*nftables.Set{t.o.backendCounters4, t.o.backendCounters6} {
-		if setNames[set.Name] == nil {
-			continue
-		}
-		elems, err := t.elements(set)
-		if err != nil {
-			return nil, fmt.Errorf("nft: list set %s: %w", set.Name, err)
-		}
-		for _, e := range elems {
-			k, b, err := decodeBackendCounterKey(e.Key, set == t.o.backendCounters6)
-			if err != nil {
-				return nil, fmt.Errorf("nft: set %s: %w", set.Name, err)
-			}
-			s, ok := d.services[k]
-			if !ok {
-				// A counter whose VIP is gone: adopt deletes it.
-				d.orphanCounters = append(d.orphanCounters, orphanCounter{set, e.Key})
-				continue
-			}
-			s.Backends = append(s.Backends, b)
-			d.services[k] = s
-		}
-	}
-	for k, s := range d.services {
-		d.services[k] = s.normalize()
-	}
-	for _, c := range chains {
-		if c.Table.Name == TableName && strings.HasPrefix(c.Name, "vip_") && !usedChains[c.Name] {
-			d.orphanChains = append(d.orphanChains, c.Name)
-		}
-	}
-	for name := range setNames {
-		if chain, ok := strings.CutSuffix(name, "_slots"); ok && strings.HasPrefix(chain, "vip_") && !usedChains[chain] {
-			d.orphanSets = append(d.orphanSets, name)
-		}
-	}
-	slices.Sort(d.orphanChains)
-	slices.Sort(d.orphanSets)
-	return d, nil
-}
-
-// maxReads bounds how often elements reads a set that keeps coming back
-// inconsistent.
-const maxReads = 10
-
-// elements lists the elements of a set. The kernel sends a big set in
-// parts, each walking the hash table from its start and skipping as many
-// elements as the parts before sent. When the table is resized between two
-// parts, which the kernel does in the background after big changes, the
-// order changes: the dump repeats some elements and leaves out as many. A
-// repeated key shows it, and the set is read again.
-func (t *Target) elements(set *nftables.Set) ([]nftables.SetElement, error) {
-	for range maxReads {
-		elems, err := t.conn.GetSetElements(set)
-		if err != nil {
-			return nil, err
-		}
-		seen := make(map[string]bool, len(elems))
-		for _, e := range elems {
-			if seen[string(e.Key)] {
-				break
-			}
-			seen[string(e.Key)] = true
-		}
-		if len(seen) == len(elems) {
-			return elems, nil
-		}
-	}
-	return nil, fmt.Errorf("%d reads repeated elements", maxReads)
-}
-
-// dumpService reads one VIP's chain rule and slot map.
-func (t *Target) dumpService(k Key, setNames map[string]*nftables.Set) (Service, error) {
-	s := Service{Key: k}
-	ch := vipChain(t.o, k)
-	rules, err := t.conn.GetRules(t.o.table, ch)
-	if err != nil {
-		return s, fmt.Errorf("nft: list chain %s: %w", ch.Name, err)
-	}
-	size := 0
-	if len(rules) == 1 {
-		if s.SNAT, s.Scheduler, size, err = parsePick(rules[0].Exprs); err != nil {
-			return s, fmt.Errorf("nft: chain %s: %w", ch.Name, err)
-		}
-	}
-	slots := slotsSet(t.o.table, k)
-	if setNames[slots.Name] == nil || size == 0 {
-		// No rule, or no map: report no slots, so that a Set wanting any
-		// rewrites the chain and the map.
-		return s, nil
-	}
-	elems, err := t.elements(slots)
-	if err != nil {
-		return s, fmt.Errorf("nft: list map %s: %w", slots.Name, err)
-	}
-	s.Slots = make([]netip.AddrPort, size)
-	for _, e := range elems {
-		i, err := decodeSlotKey(e.Key)
-		if err != nil {
-			return s, fmt.Errorf("nft: map %s: %w", slots.Name, err)
-		}
-		b, err := decodeBackendData(e.Val, k.Addr.Is6())
-		if err != nil {
-			return s, fmt.Errorf("nft: map %s: %w", slots.Name, err)
-		}
-		if i < size {
-			s.Slots[i] = b
-		}
-	}
-	return s, nil
+	return d.services, nil
 }
 
 // Counter is a packet and byte count.
@@ -514,4 +492,8 @@ func (t *Target) Resync() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.cur = nil
+}
+
+func isNotExist(err error) bool {
+	return errors.Is(err, unix.ENOENT) || strings.Contains(err.Error(), "no such file")
 }

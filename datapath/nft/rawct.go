@@ -2,7 +2,6 @@ package nft
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
@@ -79,25 +78,17 @@ func counterRules() (texts []string, rules [][]rawExpr) {
 	return texts, rules
 }
 
-// rawForwardBatch flushes the forward chain and fills it with rules, in one
-// transaction.
-func rawForwardBatch(rules [][]rawExpr) ([]netlink.Message, error) {
-	hdr := func(t uint16, flags netlink.HeaderFlags, data []byte) netlink.Message {
-		return netlink.Message{
-			Header: netlink.Header{Type: netlink.HeaderType(t), Flags: flags},
-			Data:   data,
-		}
-	}
-	nfgen := func(family, resID byte) []byte { return []byte{family, unix.NFNETLINK_V0, 0, resID} }
+// rawForwardRules flushes the forward chain and fills it with rules: the
+// messages of one batch, without its begin and end.
+func rawForwardRules(rules [][]rawExpr) ([]netlink.Message, error) {
 	chain, err := netlink.MarshalAttributes([]netlink.Attribute{str(unix.NFTA_RULE_TABLE, TableName), str(unix.NFTA_RULE_CHAIN, chainFwd)})
 	if err != nil {
 		return nil, err
 	}
-	msgs := []netlink.Message{
-		hdr(unix.NFNL_MSG_BATCH_BEGIN, netlink.Request, nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES)),
-		hdr(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_DELRULE, netlink.Request|netlink.Acknowledge,
-			append(nfgen(unix.NFPROTO_INET, 0), chain...)),
-	}
+	msgs := []netlink.Message{{
+		Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_DELRULE), Flags: netlink.Request | netlink.Acknowledge},
+		Data:   append(nfgen(unix.NFPROTO_INET), chain...),
+	}}
 	for _, r := range rules {
 		ae := netlink.NewAttributeEncoder()
 		ae.String(unix.NFTA_RULE_TABLE, TableName)
@@ -121,37 +112,14 @@ func rawForwardBatch(rules [][]rawExpr) ([]netlink.Message, error) {
 		if err != nil {
 			return nil, err
 		}
-		msgs = append(msgs, hdr(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_NEWRULE,
-			netlink.Request|netlink.Acknowledge|netlink.Create|netlink.Append, append(nfgen(unix.NFPROTO_INET, 0), data...)))
+		msgs = append(msgs, netlink.Message{
+			Header: netlink.Header{Type: netlink.HeaderType(unix.NFNL_SUBSYS_NFTABLES<<8 | unix.NFT_MSG_NEWRULE),
+				Flags: netlink.Request | netlink.Acknowledge | netlink.Create | netlink.Append},
+			Data: append(nfgen(unix.NFPROTO_INET), data...),
+		})
 	}
-	return append(msgs, hdr(unix.NFNL_MSG_BATCH_END, netlink.Request, nfgen(unix.AF_UNSPEC, unix.NFNL_SUBSYS_NFTABLES))), nil
+	return msgs, nil
 }
 
-// sendRaw sends a batch on its own netlink socket and waits for every ack.
-func sendRaw(netns int, msgs []netlink.Message) error {
-	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: netns})
-	if err != nil {
-		return fmt.Errorf("dial netfilter netlink: %w", err)
-	}
-	defer c.Close()
-	if err := c.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		return err
-	}
-	if _, err := c.SendMessages(msgs); err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
-	acks := 0
-	for _, m := range msgs {
-		if m.Header.Flags&netlink.Acknowledge != 0 {
-			acks++
-		}
-	}
-	for acks > 0 {
-		replies, err := c.Receive()
-		if err != nil {
-			return err
-		}
-		acks -= len(replies)
-	}
-	return nil
-}
+// nfgen is the header of an nftables message: family, version, resource id.
+func nfgen(family byte) []byte { return []byte{family, unix.NFNETLINK_V0, 0, 0} }

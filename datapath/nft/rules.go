@@ -2,6 +2,9 @@ package nft
 
 import (
 	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
 	"sync/atomic"
 
 	"github.com/google/nftables"
@@ -37,6 +40,12 @@ var (
 	typeService6 = mustConcat(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService)
 	typeBECount4 = mustConcat(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeIPAddr, nftables.TypeInetService)
 	typeBECount6 = mustConcat(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeIP6Addr, nftables.TypeInetService)
+	// The slot is a host-endian 32-bit integer, as the hash and numgen
+	// expressions leave it; the mark type is one, and unlike a bare
+	// integer it has a size, which the nft CLI needs to list a
+	// concatenation.
+	typeSlot4    = mustConcat(nftables.TypeIPAddr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
+	typeSlot6    = mustConcat(nftables.TypeIP6Addr, nftables.TypeInetProto, nftables.TypeInetService, nftables.TypeMark)
 	typeBackend4 = mustConcat(nftables.TypeIPAddr, nftables.TypeInetService)
 	typeBackend6 = mustConcat(nftables.TypeIP6Addr, nftables.TypeInetService)
 )
@@ -45,6 +54,9 @@ var (
 type objects struct {
 	table                *nftables.Table
 	services4, services6 *nftables.Set
+	// slots are the slot maps by name, made when first needed, so that
+	// a batch that adds one and the rules that use it agree on its ID.
+	slots map[string]*nftables.Set
 	// Per family: counters per VIP, and per VIP and backend.
 	vipCounters4, vipCounters6         *nftables.Set
 	backendCounters4, backendCounters6 *nftables.Set
@@ -68,6 +80,7 @@ func newObjects() *objects {
 			KeyType: typeService4, DataType: nftables.TypeVerdict},
 		services6: &nftables.Set{Table: t, Name: setServices6, IsMap: true, Concatenation: true,
 			KeyType: typeService6, DataType: nftables.TypeVerdict},
+		slots: map[string]*nftables.Set{},
 		vipCounters4: &nftables.Set{Table: t, Name: "vip_counters4", Concatenation: true, Counter: true,
 			KeyType: typeService4},
 		vipCounters6: &nftables.Set{Table: t, Name: "vip_counters6", Concatenation: true, Counter: true,
@@ -91,9 +104,24 @@ func newObjects() *objects {
 	return o
 }
 
-// dispatch is the base-chain rule "meta nfproto F daddr . l4proto . dport
+// slotSet is the slot map of that name, which slotSetName wrote.
+func (o *objects) slotSet(name string) *nftables.Set {
+	if s := o.slots[name]; s != nil {
+		return s
+	}
+	key, data := typeSlot4, typeBackend4
+	if v6, _, _ := parseSlotSetName(name); v6 {
+		key, data = typeSlot6, typeBackend6
+	}
+	s := &nftables.Set{Table: o.table, Name: name, ID: lastSetID.Add(1), IsMap: true, Concatenation: true,
+		KeyType: key, DataType: data}
+	o.slots[name] = s
+	return s
+}
+
+// dispatchRule is the base-chain rule "meta nfproto F daddr . l4proto . dport
 // vmap @servicesF".
-func dispatch(set *nftables.Set, v6 bool) []expr.Any {
+func dispatchRule(set *nftables.Set, v6 bool) []expr.Any {
 	nfproto, off, n := byte(unix.NFPROTO_IPV4), uint32(16), uint32(4)
 	if v6 {
 		nfproto, off, n = unix.NFPROTO_IPV6, 24, 16
@@ -132,21 +160,118 @@ const (
 	dirReply    = 1
 )
 
-// slotsSet is the VIP's slot map: slot : backend address . port.
-func slotsSet(t *nftables.Table, k Key) *nftables.Set {
-	data := typeBackend4
-	if k.Addr.Is6() {
-		data = typeBackend6
-	}
-	return &nftables.Set{Table: t, Name: k.chainName() + "_slots", ID: lastSetID.Add(1), IsMap: true,
-		KeyType: nftables.TypeInteger, DataType: data, KeyByteOrder: binaryutil.NativeEndian}
+// Shards is how many slot maps each family's lookup tables are spread
+// over, by a hash of the VIP key. One map for all would be simplest, but the
+// kernel dumps a set in parts of about 32 KiB and walks its hash table from
+// the start for each part: reading a map back costs the square of its size,
+// which for the 1.3 million slots of 10,000 VIPs is minutes. Spread over 128
+// maps, reading all back costs about a 128th of that.
+const Shards = 128
+
+// shard is the slot map that holds the VIP's lookup table.
+func shard(k Key) int {
+	h := fnv.New32a()
+	h.Write(serviceKey(k))
+	return int(h.Sum32() % Shards)
 }
 
-// pick is the VIP chain's one rule: optionally mark for SNAT, compute the
-// slot, look the backend up in the slot map and DNAT to it.
-func pick(s Service, slots *nftables.Set) []expr.Any {
+// slotSetName names a slot map: slots4_17, slots6_3.
+func slotSetName(v6 bool, shard int) string {
+	if v6 {
+		return fmt.Sprintf("%s6_%d", slotSetPrefix, shard)
+	}
+	return fmt.Sprintf("%s4_%d", slotSetPrefix, shard)
+}
+
+const slotSetPrefix = "slots"
+
+// parseSlotSetName reads a name slotSetName wrote.
+func parseSlotSetName(name string) (v6 bool, shard int, ok bool) {
+	rest, found := strings.CutPrefix(name, slotSetPrefix)
+	if !found || len(rest) < 3 || (rest[0] != '4' && rest[0] != '6') || rest[1] != '_' {
+		return false, 0, false
+	}
+	n, err := strconv.Atoi(rest[2:])
+	if err != nil || n < 0 || n >= Shards || strconv.Itoa(n) != rest[2:] {
+		return false, 0, false
+	}
+	return rest[0] == '6', n, true
+}
+
+// pickParams are what a pick chain's rule does.
+type pickParams struct {
+	v6        bool
+	scheduler Scheduler
+	size      int
+	snat      bool
+	// slots is the slot map it looks the backend up in.
+	slots string
+}
+
+func paramsOf(k Key, sched Scheduler, size int, snat bool) pickParams {
+	v6 := k.Addr.Is6()
+	return pickParams{v6: v6, scheduler: sched, size: size, snat: snat, slots: slotSetName(v6, shard(k))}
+}
+
+// chainName is the pick chain of a service with these parameters: shared
+// by every hash-scheduled VIP of the same slot map, table size and SNAT
+// setting, or the round-robin VIP's own. Names hold only [a-z0-9_].
+func chainName(k Key, p pickParams) string {
+	if p.scheduler != RoundRobin {
+		return hashChainName(p.v6, shard(k), p.size, p.snat)
+	}
+	name := fmt.Sprintf("rr_%s_m%d", k.name(), p.size)
+	if p.snat {
+		name += "_snat"
+	}
+	return name
+}
+
+func hashChainName(v6 bool, shard, size int, snat bool) string {
+	fam := 4
+	if v6 {
+		fam = 6
+	}
+	name := fmt.Sprintf("hash%d_s%d_m%d", fam, shard, size)
+	if snat {
+		name += "_snat"
+	}
+	return name
+}
+
+// pickChain is the pick chain of a service with slots.
+func pickChain(s Service) string {
+	return chainName(s.Key, paramsOf(s.Key, s.Scheduler, len(s.Slots), s.SNAT))
+}
+
+// parsePickChain reads the scheduler, table size and SNAT setting from the
+// name of a pick chain; ok is false for a name chainName cannot have
+// written. The caller checks the rest by writing the name again.
+func parsePickChain(name string) (sched Scheduler, size int, snat, ok bool) {
+	rest, snat := strings.CutSuffix(name, "_snat")
+	i := strings.LastIndex(rest, "_m")
+	if i < 0 {
+		return 0, 0, false, false
+	}
+	size, err := strconv.Atoi(rest[i+2:])
+	if err != nil || size < 1 || size > MaxSlots || strconv.Itoa(size) != rest[i+2:] {
+		return 0, 0, false, false
+	}
+	switch rest = rest[:i]; {
+	case strings.HasPrefix(rest, "hash4_s") || strings.HasPrefix(rest, "hash6_s"):
+		return Hash, size, snat, true
+	case strings.HasPrefix(rest, "rr_"):
+		return RoundRobin, size, snat, true
+	}
+	return 0, 0, false, false
+}
+
+// pick is a pick chain's one rule: optionally mark for SNAT, load the VIP
+// key, append the slot (a hash of the source address and port, or a
+// counter), look the backend up in the slot map and DNAT to it.
+func pick(slots *nftables.Set, p pickParams) []expr.Any {
 	var e []expr.Any
-	if s.SNAT {
+	if p.snat {
 		e = append(e,
 			&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
 			&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4,
@@ -155,71 +280,79 @@ func pick(s Service, slots *nftables.Set) []expr.Any {
 			&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1},
 		)
 	}
-	v6 := s.Key.Addr.Is6()
-	size := uint32(len(s.Slots))
-	if s.Scheduler == RoundRobin {
-		e = append(e, &expr.Numgen{Register: reg32(0), Type: unix.NFT_NG_INCREMENTAL, Modulus: size})
+	// The key daddr . l4proto . dport . slot fills reg32 0 on: the
+	// address, then the protocol, port and slot in a register each.
+	daddr, saddr, n, family := uint32(16), uint32(12), uint32(1), uint32(unix.NFPROTO_IPV4)
+	if p.v6 {
+		daddr, saddr, n, family = 24, 8, 4, unix.NFPROTO_IPV6
+	}
+	slot := reg32(n + 2)
+	e = append(e,
+		&expr.Payload{DestRegister: reg32(0), Base: expr.PayloadBaseNetworkHeader, Offset: daddr, Len: 4 * n},
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(n)},
+		&expr.Payload{DestRegister: reg32(n + 1), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+	)
+	if p.scheduler == RoundRobin {
+		e = append(e, &expr.Numgen{Register: slot, Type: unix.NFT_NG_INCREMENTAL, Modulus: uint32(p.size)})
 	} else {
-		// Source address into reg 2 (reg32 4..), source port after it;
-		// hash both into reg32 0.
-		off, n := uint32(12), uint32(4)
-		if v6 {
-			off, n = 8, 16
-		}
+		// Source address and port into reg32 8 on, hashed into the
+		// slot's register.
 		e = append(e,
-			&expr.Payload{DestRegister: reg2, Base: expr.PayloadBaseNetworkHeader, Offset: off, Len: n},
-			&expr.Payload{DestRegister: reg32(4 + n/4), Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
-			&expr.Hash{SourceRegister: reg2, DestRegister: reg32(0), Length: n + 4, Modulus: size,
+			&expr.Payload{DestRegister: reg32(8), Base: expr.PayloadBaseNetworkHeader, Offset: saddr, Len: 4 * n},
+			&expr.Payload{DestRegister: reg32(8 + n), Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+			&expr.Hash{SourceRegister: reg32(8), DestRegister: slot, Length: 4*n + 4, Modulus: uint32(p.size),
 				Seed: HashSeed, Type: expr.HashTypeJenkins},
 		)
 	}
-	family, protoReg := uint32(unix.NFPROTO_IPV4), reg32(1)
-	if v6 {
-		family, protoReg = unix.NFPROTO_IPV6, reg32(4)
-	}
+	// The backend's address lands from reg32 0 on, its port in the
+	// register after the address.
 	return append(e,
 		&expr.Lookup{SourceRegister: reg32(0), DestRegister: reg1, IsDestRegSet: true, SetName: slots.Name, SetID: slots.ID},
-		&expr.NAT{Type: expr.NATTypeDestNAT, Family: family, RegAddrMin: reg1, RegProtoMin: protoReg, Specified: true},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: family, RegAddrMin: reg1, RegProtoMin: reg32(n), Specified: true},
 	)
 }
 
-func pickText(s Service) string {
+func pickText(p pickParams) string {
 	var b []byte
-	if s.SNAT {
+	if p.snat {
 		b = fmt.Appendf(b, "meta mark set meta mark | 0x%08x ", SNATMark)
 	}
 	ip := "ip"
-	if s.Key.Addr.Is6() {
+	if p.v6 {
 		ip = "ip6"
 	}
-	if s.Scheduler == RoundRobin {
-		b = fmt.Appendf(b, "dnat %s to numgen inc mod %d map @%s_slots", ip, len(s.Slots), s.Key.chainName())
+	b = fmt.Appendf(b, "dnat %s to %s daddr . meta l4proto . th dport . ", ip, ip)
+	if p.scheduler == RoundRobin {
+		b = fmt.Appendf(b, "numgen inc mod %d", p.size)
 	} else {
-		b = fmt.Appendf(b, "dnat %s to jhash %s saddr . th sport mod %d seed 0x%08x map @%s_slots",
-			ip, ip, len(s.Slots), HashSeed, s.Key.chainName())
+		b = fmt.Appendf(b, "jhash %s saddr . th sport mod %d seed 0x%08x", ip, p.size, HashSeed)
 	}
-	return string(b)
+	return string(fmt.Appendf(b, " map @%s", p.slots))
 }
 
 // parsePick reads back what pick wrote: SNAT, scheduler and table size.
-func parsePick(exprs []expr.Any) (snat bool, sched Scheduler, size int, err error) {
+func parsePick(exprs []expr.Any) (p pickParams, err error) {
 	found := false
 	for _, e := range exprs {
 		switch e := e.(type) {
 		case *expr.Meta:
 			if e.Key == expr.MetaKeyMARK && e.SourceRegister {
-				snat = true
+				p.snat = true
 			}
 		case *expr.Hash:
-			sched, size, found = Hash, int(e.Modulus), true
+			p.scheduler, p.size, found = Hash, int(e.Modulus), true
 		case *expr.Numgen:
-			sched, size, found = RoundRobin, int(e.Modulus), true
+			p.scheduler, p.size, found = RoundRobin, int(e.Modulus), true
+		case *expr.NAT:
+			p.v6 = e.Family == unix.NFPROTO_IPV6
+		case *expr.Lookup:
+			p.slots = e.SetName
 		}
 	}
 	if !found {
-		return false, 0, 0, fmt.Errorf("rule has neither jhash nor numgen")
+		return p, fmt.Errorf("rule has neither jhash nor numgen")
 	}
-	return snat, sched, size, nil
+	return p, nil
 }
 
 // baseRules are the rules of a base chain, in the order basePlan lists
@@ -227,7 +360,7 @@ func parsePick(exprs []expr.Any) (snat bool, sched Scheduler, size int, err erro
 func baseRules(o *objects, ch *nftables.Chain) [][]expr.Any {
 	switch ch {
 	case o.prerouting, o.output:
-		return [][]expr.Any{dispatch(o.services4, false), dispatch(o.services6, true)}
+		return [][]expr.Any{dispatchRule(o.services4, false), dispatchRule(o.services6, true)}
 	case o.postrouting:
 		return [][]expr.Any{masquerade()}
 	}
@@ -235,3 +368,7 @@ func baseRules(o *objects, ch *nftables.Chain) [][]expr.Any {
 }
 
 func gotoChain(name string) *expr.Verdict { return &expr.Verdict{Kind: expr.VerdictGoto, Chain: name} }
+
+// SlotMap names the map that holds the lookup table of the VIP k, for
+// reading it with the nft CLI: nft list map inet portico NAME.
+func SlotMap(k Key) string { return slotSetName(k.Addr.Is6(), shard(k)) }

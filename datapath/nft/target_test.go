@@ -13,6 +13,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"golang.org/x/sys/unix"
+
 	"portico.dev/appliance/test/topo"
 )
 
@@ -165,8 +170,8 @@ func TestSetDump(t *testing.T) {
 		if diff := lineDiff(nftCLI(t, ns, "-a", "list", "table", "inet", TableName), before); diff != "" {
 			t.Fatalf("%s: a second Set changed the table:\n%s", st.name, diff)
 		}
-		if p := diffPlan(tg.o, tg.cur, byKey(st.services...)); len(p.steps) != 0 {
-			t.Fatalf("%s: after Set, the plan to the same services is\n%s", st.name, p)
+		if changes, _, err := diff(tg.cur, sorted(st.services...), nil); err != nil || len(changes) != 0 {
+			t.Fatalf("%s: after Set, the changes to the same services are %v, %v", st.name, changes, err)
 		}
 	}
 }
@@ -210,8 +215,11 @@ func TestAdopt(t *testing.T) {
 		chains := func() string {
 			var b strings.Builder
 			for _, s := range changed[1:] {
-				b.WriteString(nftCLI(t, ns, "-a", "list", "chain", "inet", TableName, s.Key.chainName()))
-				b.WriteString(nftCLI(t, ns, "list", "map", "inet", TableName, s.Key.chainName()+"_slots"))
+				if len(s.Slots) == 0 {
+					continue
+				}
+				b.WriteString(nftCLI(t, ns, "-a", "list", "chain", "inet", TableName, pickChain(s)))
+				b.WriteString(nftCLI(t, ns, "list", "map", "inet", TableName, SlotMap(s.Key)))
 			}
 			return b.String()
 		}
@@ -241,21 +249,105 @@ func TestAdopt(t *testing.T) {
 
 	t.Run("orphans", func(t *testing.T) {
 		before := table()
+		web := SlotMap(changed[0].Key)
+		idle := (shard(changed[0].Key) + 1) % Shards // a shard no VIP of the test uses
 		for _, cmd := range []string{
+			// An older version's layout: a chain and a map per VIP.
 			"add map inet portico vip_198_51_100_1_tcp_80_slots { type inet_service : ipv4_addr . inet_service; }",
 			"add chain inet portico vip_198_51_100_1_tcp_80",
 			"add rule inet portico vip_198_51_100_1_tcp_80 dnat ip addr . port to tcp sport map @vip_198_51_100_1_tcp_80_slots",
+			// Counters and slots of VIPs that are gone.
 			"add element inet portico vip_counters4 { 198.51.100.1 . tcp . 80 }",
 			"add element inet portico backend_counters4 { 198.51.100.1 . tcp . 80 . 10.0.1.11 . 8080 }",
 			"add element inet portico vip_counters6 { 2001:db8::1 . tcp . 80 }",
+			"add element inet portico " + web + " { 198.51.100.1 . tcp . 80 . 3 : 10.0.1.11 . 8080 }",
+			// A slot beyond the end of a VIP's table.
+			"add element inet portico " + web + " { 203.0.113.10 . tcp . 80 . 7 : 10.0.1.11 . 8080 }",
 		} {
 			nftCLI(t, ns, cmd)
+		}
+		// A pick chain and a slot map that no VIP uses, written as this
+		// version writes them (the nft CLI refuses a jhash in a key).
+		o := newObjects()
+		p := &plan{}
+		params := pickParams{scheduler: Hash, size: 13, slots: slotSetName(false, idle)}
+		addSlotSet(p, o, params.slots)
+		addPickChain(p, o, hashChainName(false, idle, 13, false), params)
+		if err := newTarget(t, Options{NetNS: fd}).run(t.Context(), p); err != nil {
+			t.Fatal(err)
 		}
 		set(t, newTarget(t, Options{NetNS: fd}), changed...)
 		if diff := lineDiff(table(), before); diff != "" {
 			t.Errorf("adopting left orphans:\n%s", diff)
 		}
 	})
+
+	// A table an older version wrote: the VIP's dispatch entry names a
+	// chain of its own, which looks its backend up in a map of its own.
+	t.Run("older layout", func(t *testing.T) {
+		tg := newTarget(t, Options{NetNS: fd})
+		set(t, tg, changed[1:]...)
+		s := changed[0]
+		var slotElems []string
+		for i, b := range s.Slots {
+			slotElems = append(slotElems, fmt.Sprintf("%d : %s", i, backendText(b)))
+		}
+		var counters []string
+		for _, b := range s.Backends {
+			counters = append(counters, keyText(s.Key)+" . "+backendText(b))
+		}
+		writeOlderPick(t, fd, s)
+		for _, cmd := range []string{
+			"add element inet portico vip_203_0_113_10_tcp_80_slots { " + strings.Join(slotElems, ", ") + " }",
+			"add element inet portico vip_counters4 { " + keyText(s.Key) + " }",
+			"add element inet portico backend_counters4 { " + strings.Join(counters, ", ") + " }",
+			"add element inet portico services4 { " + keyText(s.Key) + " : goto vip_203_0_113_10_tcp_80 }",
+		} {
+			nftCLI(t, ns, cmd)
+		}
+		tg = newTarget(t, Options{NetNS: fd})
+		set(t, tg, changed...)
+		requireDump(t, tg, changed...)
+		if got := table(); strings.Contains(got, "vip_203_0_113_10_tcp_80") {
+			t.Errorf("the older layout's chain or map is still there:\n%s", got)
+		}
+		// Nothing is left to fix: yet another Target changes nothing.
+		after := table()
+		set(t, newTarget(t, Options{NetNS: fd}), changed...)
+		if diff := lineDiff(table(), after); diff != "" {
+			t.Errorf("a second adoption changed the table:\n%s", diff)
+		}
+	})
+}
+
+// writeOlderPick writes a chain and a slot map for s as the version before
+// the shared slot maps did: vip_ADDR_PROTO_PORT with one rule "dnat ip to
+// jhash ip saddr . th sport mod M seed 0x706f7274 map @…_slots" (the nft
+// CLI refuses the map's integer key).
+func writeOlderPick(t *testing.T, fd int, s Service) {
+	t.Helper()
+	c, err := nftables.New(nftables.WithNetNSFd(fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := &nftables.Table{Family: nftables.TableFamilyINet, Name: TableName}
+	name := "vip_" + s.Key.name()
+	slots := &nftables.Set{Table: tb, Name: name + "_slots", ID: lastSetID.Add(1), IsMap: true,
+		KeyType: nftables.TypeInteger, DataType: typeBackend4, KeyByteOrder: binaryutil.NativeEndian}
+	if err := c.AddSet(slots, nil); err != nil {
+		t.Fatal(err)
+	}
+	ch := c.AddChain(&nftables.Chain{Table: tb, Name: name})
+	c.AddRule(&nftables.Rule{Table: tb, Chain: ch, Exprs: []expr.Any{
+		&expr.Payload{DestRegister: reg2, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+		&expr.Payload{DestRegister: reg32(5), Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+		&expr.Hash{SourceRegister: reg2, DestRegister: reg32(0), Length: 8, Modulus: uint32(len(s.Slots)), Seed: HashSeed, Type: expr.HashTypeJenkins},
+		&expr.Lookup{SourceRegister: reg32(0), DestRegister: reg1, IsDestRegSet: true, SetName: slots.Name, SetID: slots.ID},
+		&expr.NAT{Type: expr.NATTypeDestNAT, Family: unix.NFPROTO_IPV4, RegAddrMin: reg1, RegProtoMin: reg32(1), Specified: true},
+	}})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestRepair edits the table by hand behind a Target's back, then checks
@@ -265,6 +357,7 @@ func TestRepair(t *testing.T) {
 	t.Parallel()
 	all := []Service{web4, dns6, idle4}
 	slot2 := web4.normalize()
+	slot2.Slots = slices.Clone(slot2.Slots)
 	slot2.Slots[2] = backends4[0]
 	tests := []struct {
 		name string
@@ -278,14 +371,14 @@ func TestRepair(t *testing.T) {
 	}{
 		{
 			name: "slot deleted, then changed",
-			edit: "delete element inet portico vip_203_0_113_10_tcp_80_slots { 2 }",
+			edit: "delete element inet portico " + SlotMap(web4.Key) + " { 203.0.113.10 . tcp . 80 . 2 }",
 			want: []Service{slot2, dns6, idle4},
 		},
 		{
 			name: "dispatch entry deleted, then VIP removed",
 			edit: "delete element inet portico services6 { 2001:db8::53 . udp . 53 }",
 			want: []Service{web4, idle4},
-			gone: []string{dns6.Key.chainName(), "2001:db8::53"},
+			gone: []string{pickChain(dns6), "2001:db8::53"},
 		},
 		{
 			name:   "dispatch entry deleted, then resync",

@@ -49,6 +49,7 @@ func labService(vip string, proto Proto, port, bport uint16) Service {
 // others in turn, as a consistent-hash table does.
 func without(s Service, b netip.AddrPort) Service {
 	s = s.normalize()
+	s.Slots = slices.Clone(s.Slots) // the Target keeps the slices it was given
 	var rest []netip.AddrPort
 	for _, r := range s.Backends {
 		if r != b {

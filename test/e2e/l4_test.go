@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"portico.dev/appliance/datapath/nft"
 )
 
 const (
@@ -287,13 +290,15 @@ func TestRestartUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(1500 * time.Millisecond)
-	before, _ := l.Exec(context.Background(), "appliance", "nft", "list", "map", "inet", "portico", "vip_203_0_113_10_tcp_80_slots")
+	// The map that holds the VIP's lookup table (among others').
+	slots := nft.SlotMap(nft.Key{Addr: netip.MustParseAddr(vip4), Proto: nft.TCP, Port: 80})
+	before, _ := l.Exec(context.Background(), "appliance", "nft", "list", "map", "inet", "portico", slots)
 	if err := l.app.Stop(10 * time.Second); err != nil {
 		t.Fatalf("stop: %v", err)
 	}
 	time.Sleep(500 * time.Millisecond) // no daemon at all for a while
 	l.startAppliance()
-	after, _ := l.Exec(context.Background(), "appliance", "nft", "list", "map", "inet", "portico", "vip_203_0_113_10_tcp_80_slots")
+	after, _ := l.Exec(context.Background(), "appliance", "nft", "list", "map", "inet", "portico", slots)
 	if err := wrk.Wait(); err != nil {
 		t.Fatalf("wrk: %v\n%s", err, wrk.Output())
 	}
