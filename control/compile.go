@@ -24,6 +24,9 @@ type Inputs struct {
 	// Learned are the routes node peers announce, as the BGP speaker
 	// accepted them.
 	Learned []bgp.Learned
+	// Cache, when set, keeps each compiled VIP from one compile to the
+	// next while its configuration and its backends' health do not change.
+	Cache *Cache
 }
 
 // Warning is something compile refused or wants an operator to know.
@@ -39,44 +42,21 @@ func (w Warning) String() string { return w.Path + ": " + w.Message }
 func Compile(in Inputs) (Desired, []Warning) {
 	var d Desired
 	var warns []Warning
+	in.Cache.begin()
+	if n := len(in.Config.VIPs); n > 0 {
+		d.VIPs = make([]VIP, 0, n)
+	}
 	for i, cv := range in.Config.VIPs {
-		path := fmt.Sprintf("vips[%d]", i)
-		addr := netip.MustParseAddr(cv.Address)
-		v := VIP{
-			Name: cv.Name,
-			Key:  nft.Key{Addr: addr, Proto: nft.TCP, Port: uint16(cv.Port)},
-			SNAT: cv.SNAT,
-		}
-		if cv.Protocol == "udp" {
-			v.Key.Proto = nft.UDP
-		}
-		if cv.Scheduler == "round-robin" {
-			v.Scheduler = nft.RoundRobin
-		}
-		if h := cv.Health; h != nil {
-			v.Health = &health.Check{Type: h.Type, Path: h.Path, Interval: h.Interval, Timeout: h.Timeout, Rise: h.Rise, Fall: h.Fall}
-		}
-		for _, cb := range cv.Backends {
-			ap := netip.MustParseAddrPort(cb.Address)
-			ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-			up := true
-			if v.Health != nil {
-				if h, ok := in.Health[HealthID(v.Name, ap)]; ok {
-					up = h
-				}
-			}
-			v.Backends = append(v.Backends, Backend{Addr: ap, Weight: *cb.Weight, Up: up})
-		}
-		slices.SortFunc(v.Backends, func(a, b Backend) int { return a.Addr.Compare(b.Addr) })
-		var err error
-		if v.Slots, err = table(v); err != nil {
-			warns = append(warns, Warning{path, err.Error()})
+		v, err := in.Cache.vip(cv, in.Health)
+		if err != nil {
+			warns = append(warns, Warning{fmt.Sprintf("vips[%d]", i), err.Error()})
 		}
 		if len(v.Slots) == 0 {
-			warns = append(warns, Warning{path, "no backend is up: new connections to " + v.Key.String() + " are refused"})
+			warns = append(warns, Warning{fmt.Sprintf("vips[%d]", i), "no backend is up: new connections to " + v.Key.String() + " are refused"})
 		}
 		d.VIPs = append(d.VIPs, v)
 	}
+	in.Cache.end()
 	slices.SortFunc(d.VIPs, func(a, b VIP) int { return a.Key.Compare(b.Key) })
 	d.BGP, warns = compileBGP(in.Config.BGP, d, warns)
 	for _, l := range in.Learned {
@@ -90,6 +70,44 @@ func Compile(in Inputs) (Desired, []Warning) {
 		return cmp.Or(a.Prefix.Addr().Compare(b.Prefix.Addr()), cmp.Compare(a.Prefix.Bits(), b.Prefix.Bits()))
 	})
 	return d, warns
+}
+
+// compileVIP turns one VIP of the configuration into a VIP of the Desired;
+// the error says why it has no lookup table.
+func compileVIP(cv config.VIP, state map[string]bool) (VIP, error) {
+	addr := netip.MustParseAddr(cv.Address)
+	v := VIP{
+		Name: cv.Name,
+		Key:  nft.Key{Addr: addr, Proto: nft.TCP, Port: uint16(cv.Port)},
+		SNAT: cv.SNAT,
+	}
+	if cv.Protocol == "udp" {
+		v.Key.Proto = nft.UDP
+	}
+	if cv.Scheduler == "round-robin" {
+		v.Scheduler = nft.RoundRobin
+	}
+	if h := cv.Health; h != nil {
+		v.Health = &health.Check{Type: h.Type, Path: h.Path, Interval: h.Interval, Timeout: h.Timeout, Rise: h.Rise, Fall: h.Fall}
+	}
+	for _, cb := range cv.Backends {
+		ap := netip.MustParseAddrPort(cb.Address)
+		ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		up := true
+		if v.Health != nil {
+			if h, ok := state[HealthID(v.Name, ap)]; ok {
+				up = h
+			}
+		}
+		v.Backends = append(v.Backends, Backend{Addr: ap, Weight: *cb.Weight, Up: up})
+	}
+	slices.SortFunc(v.Backends, func(a, b Backend) int { return a.Addr.Compare(b.Addr) })
+	slots, err := table(v)
+	if err != nil {
+		return v, fmt.Errorf("lookup table: %w", err)
+	}
+	v.Slots = slots
+	return v, nil
 }
 
 // compileBGP maps the bgp section onto the speaker's configuration, and
@@ -161,7 +179,7 @@ func table(v VIP) ([]netip.AddrPort, error) {
 	}
 	idx, err := maglev.Build(mb, maglev.Size(total))
 	if err != nil {
-		return nil, fmt.Errorf("lookup table: %w", err)
+		return nil, err
 	}
 	out := make([]netip.AddrPort, len(idx))
 	for i, j := range idx {

@@ -147,8 +147,14 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 	// warned holds the last compile's warnings: each is logged when it
 	// first appears, not again on every health change or resync.
 	warned := map[Warning]bool{}
+	cache := &Cache{}
+	// configured is false from a new configuration until it is applied:
+	// only then do the backends to check change. A health event changes
+	// the state itself, a retry or a resync nothing; at 10,000 VIPs
+	// rebuilding both takes milliseconds.
+	configured := false
 	apply := func(why string) {
-		want, warns := Compile(Inputs{Config: cfg, Health: state, Learned: d.learnedRoutes(stale)})
+		want, warns := Compile(Inputs{Config: cfg, Health: state, Learned: d.learnedRoutes(stale), Cache: cache})
 		now := make(map[Warning]bool, len(warns))
 		for _, w := range warns {
 			now[w] = true
@@ -164,8 +170,11 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 			return
 		}
 		backoff = minBackoff
-		state = want.Health()
-		d.Health.Set(want.HealthTargets())
+		if !configured {
+			state = want.checkedHealth()
+			d.Health.Set(want.HealthTargets())
+			configured = true
+		}
 	}
 	apply("start")
 	for {
@@ -173,7 +182,7 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 		case <-ctx.Done():
 			return nil
 		case c := <-reload:
-			cfg = c
+			cfg, configured = c, false
 			apply("reload")
 		case <-d.wakeChan():
 			evs, changed := d.takeEvents()

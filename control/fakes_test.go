@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -30,7 +31,7 @@ type world struct {
 	times      []time.Time // of each call, for backoff tests under synctest
 	services   []nft.Service
 	addrs      []netip.Addr
-	saved      []byte
+	saved      map[string][]byte
 	saves      int
 	resyncs    int
 	failures   map[string]int // op → how many of its next calls fail
@@ -108,10 +109,10 @@ func (w *world) savedDesired(t *testing.T) (control.Desired, bool) {
 	return d, true
 }
 
-func (w *world) state() (services []nft.Service, addrs []netip.Addr, saved []byte, saves int) {
+func (w *world) state() (services []nft.Service, addrs []netip.Addr, saved map[string][]byte, saves int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return slices.Clone(w.services), slices.Clone(w.addrs), slices.Clone(w.saved), w.saves
+	return slices.Clone(w.services), slices.Clone(w.addrs), maps.Clone(w.saved), w.saves
 }
 
 func (w *world) checkViolations(t *testing.T) {
@@ -176,14 +177,37 @@ func (f fakeAddrs) Set(_ context.Context, addrs []netip.Addr) error {
 
 type fakeStore struct{ w *world }
 
-func (f fakeStore) SaveApplied(data []byte) error {
+func (f fakeStore) SaveApplied(put map[string][]byte, del []string, replace bool) error {
 	w := f.w
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if err := w.call("store.Save", ""); err != nil {
+	var keys []string
+	for k := range put {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var args []string
+	if len(keys) > 0 {
+		args = append(args, "put "+strings.Join(keys, " "))
+	}
+	if len(del) > 0 {
+		args = append(args, "del "+strings.Join(del, " "))
+	}
+	if replace {
+		args = append(args, "replace")
+	}
+	if err := w.call("store.Save", strings.Join(args, " ")); err != nil {
 		return err
 	}
-	w.saved = slices.Clone(data)
+	if replace || w.saved == nil {
+		w.saved = map[string][]byte{}
+	}
+	for _, k := range del {
+		delete(w.saved, k)
+	}
+	for k, v := range put {
+		w.saved[k] = slices.Clone(v)
+	}
 	w.saves++
 	return nil
 }

@@ -7,6 +7,7 @@ package control
 
 import (
 	"net/netip"
+	"reflect"
 	"slices"
 
 	"portico.dev/appliance/control/bgp"
@@ -51,13 +52,23 @@ type Backend struct {
 // HealthID names a backend's health check: VIP name and backend address.
 func HealthID(vip string, b netip.AddrPort) string { return vip + "/" + b.String() }
 
-// Services is the L4 datapath's part of the Desired.
+// Services is the L4 datapath's part of the Desired. Their Slots are the
+// VIPs' own slices, which nobody modifies (the L4 target keeps them).
 func (d Desired) Services() []nft.Service {
 	out := make([]nft.Service, 0, len(d.VIPs))
+	n := 0
+	for _, v := range d.VIPs {
+		n += len(v.Backends)
+	}
+	backends := make([]netip.AddrPort, 0, n) // one allocation for all
 	for _, v := range d.VIPs {
 		s := nft.Service{Key: v.Key, SNAT: v.SNAT, Scheduler: v.Scheduler, Slots: v.Slots}
+		start := len(backends)
 		for _, b := range v.Backends {
-			s.Backends = append(s.Backends, b.Addr)
+			backends = append(backends, b.Addr)
+		}
+		if len(backends) > start {
+			s.Backends = backends[start:len(backends):len(backends)]
 		}
 		out = append(out, s)
 	}
@@ -66,11 +77,15 @@ func (d Desired) Services() []nft.Service {
 
 // Addresses are the VIP addresses the appliance must own, sorted, each once.
 func (d Desired) Addresses() []netip.Addr {
-	var out []netip.Addr
+	out := make([]netip.Addr, 0, len(d.VIPs))
 	for _, v := range d.VIPs {
 		out = append(out, v.Key.Addr)
 	}
-	slices.SortFunc(out, netip.Addr.Compare)
+	// VIPs are sorted by key, so by address first: sorting is only
+	// needed for a Desired built otherwise.
+	if !slices.IsSortedFunc(out, netip.Addr.Compare) {
+		slices.SortFunc(out, netip.Addr.Compare)
+	}
 	return slices.Compact(out)
 }
 
@@ -97,4 +112,83 @@ func (d Desired) Health() map[string]bool {
 		}
 	}
 	return out
+}
+
+// checkedHealth is Health for the backends that have a health check, the
+// only ones whose state can change: the others are always up.
+func (d Desired) checkedHealth() map[string]bool {
+	out := map[string]bool{}
+	for _, v := range d.VIPs {
+		if v.Health == nil {
+			continue
+		}
+		for _, b := range v.Backends {
+			out[HealthID(v.Name, b.Addr)] = b.Up
+		}
+	}
+	return out
+}
+
+// The comparisons below let an Apply find what changed at 10,000 VIPs in a
+// fraction of a millisecond, where reflect.DeepEqual takes tens: slices
+// that compile reused (see Cache) compare by address.
+
+// sameDesired reports whether a and b are equal.
+func sameDesired(a, b Desired) bool {
+	if !sameVIPs(a.VIPs, b.VIPs) || !sameRoutes(a.Routes, b.Routes) || !sameBGP(a.BGP, b.BGP) {
+		return false
+	}
+	a.VIPs, a.Routes, a.BGP = nil, nil, bgp.Config{}
+	b.VIPs, b.Routes, b.BGP = nil, nil, bgp.Config{}
+	return reflect.DeepEqual(a, b)
+}
+
+func sameVIPs(a, b []VIP) bool { return slices.EqualFunc(a, b, sameVIP) }
+
+func sameVIP(a, b VIP) bool {
+	return a.Name == b.Name && a.Key == b.Key && a.SNAT == b.SNAT && a.Scheduler == b.Scheduler &&
+		(a.Health == b.Health || a.Health != nil && b.Health != nil && *a.Health == *b.Health) &&
+		slices.Equal(a.Backends, b.Backends) && sameSlots(a.Slots, b.Slots)
+}
+
+func sameSlots(a, b []netip.AddrPort) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	if len(a) == 0 || &a[0] == &b[0] {
+		return true
+	}
+	return slices.Equal(a, b)
+}
+
+func sameRoutes(a, b []route.Route) bool {
+	return slices.EqualFunc(a, b, func(x, y route.Route) bool {
+		return x.Prefix == y.Prefix && slices.Equal(x.NextHops, y.NextHops)
+	})
+}
+
+func sameBGP(a, b bgp.Config) bool {
+	if !slices.Equal(a.Advertisements, b.Advertisements) {
+		return false
+	}
+	a.Advertisements, b.Advertisements = nil, nil
+	return reflect.DeepEqual(a, b)
+}
+
+// sameAddresses reports whether a and b own the same addresses, cheaply
+// when their VIPs are on the same addresses in the same order.
+func sameAddresses(a, b Desired) bool {
+	if len(a.VIPs) == len(b.VIPs) {
+		same := true
+		for i := range a.VIPs {
+			if a.VIPs[i].Key.Addr != b.VIPs[i].Key.Addr {
+				same = false
+				break
+			}
+		}
+		if same {
+			return true
+		}
+	}
+	return slices.Equal(a.Addresses(), b.Addresses())
 }

@@ -22,7 +22,9 @@ import (
 )
 
 // SchemaVersion is the layout of the buckets written by this package.
-const SchemaVersion = 1
+// Version 2 keeps the applied state in parts; version 1 kept it whole, under
+// one key, which the daemon still reads as a part.
+const SchemaVersion = 2
 
 // KeepRevisions is how many of the newest revisions are kept; older ones
 // are pruned when a revision is added.
@@ -45,7 +47,6 @@ var (
 	bucketApplied   = []byte("applied")
 
 	keySchemaVersion = []byte("schema_version")
-	keyApplied       = []byte("desired_state")
 )
 
 // Store is the appliance's durable state.
@@ -100,12 +101,19 @@ func initSchema(tx *bolt.Tx) error {
 	if len(v) != 8 {
 		return fmt.Errorf("schema version: malformed value %x", v)
 	}
-	if version := binary.BigEndian.Uint64(v); version > SchemaVersion {
+	version := binary.BigEndian.Uint64(v)
+	if version > SchemaVersion {
 		return fmt.Errorf("schema version %d is newer than this binary supports (%d)", version, SchemaVersion)
 	}
 	// Migrations from an older schema go here, one step per version, in
-	// this transaction, ending with the new version written to meta. There
-	// are none yet: version 1 is the first.
+	// this transaction, ending with the new version written to meta.
+	// 1 → 2: the whole applied state under "desired_state" becomes the one
+	// part of that name, which the daemon reads and replaces by its parts
+	// on its first save; the version makes an older binary refuse the file
+	// rather than miss the parts.
+	if version < SchemaVersion {
+		return meta.Put(keySchemaVersion, itob(SchemaVersion))
+	}
 	return nil
 }
 
@@ -217,10 +225,34 @@ func (s *Store) Revisions() ([]Revision, error) {
 	return rs, nil
 }
 
-// SaveApplied replaces the last applied desired state with data, atomically.
-func (s *Store) SaveApplied(data []byte) error {
+// SaveApplied changes the last applied desired state, which is kept in
+// parts (the daemon keeps one per VIP, so that a change rewrites only what
+// changed), in one transaction: each part of put is stored under its key,
+// each key of del removed, and with replace every other part removed too.
+// On error nothing changed.
+func (s *Store) SaveApplied(put map[string][]byte, del []string, replace bool) error {
 	err := s.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketApplied).Put(keyApplied, data)
+		b := tx.Bucket(bucketApplied)
+		if replace {
+			if err := tx.DeleteBucket(bucketApplied); err != nil {
+				return err
+			}
+			var err error
+			if b, err = tx.CreateBucket(bucketApplied); err != nil {
+				return err
+			}
+		}
+		for _, k := range del {
+			if err := b.Delete([]byte(k)); err != nil {
+				return fmt.Errorf("delete %s: %w", k, err)
+			}
+		}
+		for k, v := range put {
+			if err := b.Put([]byte(k), v); err != nil {
+				return fmt.Errorf("put %s: %w", k, err)
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("store: save applied state: %w", err)
@@ -228,23 +260,25 @@ func (s *Store) SaveApplied(data []byte) error {
 	return nil
 }
 
-// LoadApplied returns the last applied desired state, or an error wrapping
-// ErrNotFound if none was ever saved.
-func (s *Store) LoadApplied() ([]byte, error) {
-	var data []byte
+// LoadApplied returns every part of the last applied desired state, or an
+// error wrapping ErrNotFound if it has none.
+func (s *Store) LoadApplied() (map[string][]byte, error) {
+	parts := map[string][]byte{}
 	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketApplied).Get(keyApplied)
-		if v == nil {
-			return ErrNotFound
-		}
-		// v points into the mmap and is valid only inside the transaction.
-		data = bytes.Clone(v)
-		return nil
+		return tx.Bucket(bucketApplied).ForEach(func(k, v []byte) error {
+			// k and v point into the mmap and are valid only inside
+			// the transaction.
+			parts[string(k)] = bytes.Clone(v)
+			return nil
+		})
 	})
+	if err == nil && len(parts) == 0 {
+		err = ErrNotFound
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store: load applied state: %w", err)
 	}
-	return data, nil
+	return parts, nil
 }
 
 // itob encodes n as a big-endian key, so byte order matches numeric order.

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -127,18 +128,22 @@ func TestReopenKeepsState(t *testing.T) {
 			t.Errorf("AddRevision #%d = %d, want %d", i, n, i)
 		}
 	}
-	applied := []byte(`{"vips":["web"]}`)
-	if err := s.SaveApplied([]byte(`{"old":true}`)); err != nil {
+	if err := s.SaveApplied(map[string][]byte{"old": []byte("1"), "a": []byte("0")}, nil, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.SaveApplied(applied); err != nil {
+	// replace drops the parts it does not name; del and put change the rest.
+	if err := s.SaveApplied(map[string][]byte{"a": []byte("1"), "b": []byte("1"), "c": []byte("1")}, nil, true); err != nil {
 		t.Fatal(err)
 	}
+	if err := s.SaveApplied(map[string][]byte{"b": []byte("2")}, []string{"c", "gone already"}, false); err != nil {
+		t.Fatal(err)
+	}
+	applied := map[string][]byte{"a": []byte("1"), "b": []byte("2")}
 
 	s = reopen(t, s, path)
 	defer s.Close()
 
-	if got, err := s.LoadApplied(); err != nil || !bytes.Equal(got, applied) {
+	if got, err := s.LoadApplied(); err != nil || !maps.EqualFunc(got, applied, bytes.Equal) {
 		t.Errorf("LoadApplied = %q, %v; want %q", got, err, applied)
 	}
 	n, err := s.AddRevision(rev(4))
@@ -168,6 +173,30 @@ func TestReopenKeepsState(t *testing.T) {
 	}
 	if r, err := s.LatestRevision(); err != nil || r.Number != 4 {
 		t.Errorf("LatestRevision = %+v, %v; want number 4", r, err)
+	}
+}
+
+// TestSchema1 opens a file an earlier version wrote: the whole applied
+// state under one key, which LoadApplied returns as a part of that name.
+func TestSchema1(t *testing.T) {
+	s, path := openTemp(t)
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketApplied).Put([]byte("desired_state"), []byte(`{"vips":[]}`)); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keySchemaVersion, itob(1))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = reopen(t, s, path)
+	defer s.Close()
+	if got := schemaVersion(t, s); got != SchemaVersion {
+		t.Errorf("schema version = %d, want %d", got, SchemaVersion)
+	}
+	want := map[string][]byte{"desired_state": []byte(`{"vips":[]}`)}
+	if got, err := s.LoadApplied(); err != nil || !maps.EqualFunc(got, want, bytes.Equal) {
+		t.Errorf("LoadApplied = %q, %v; want %q", got, err, want)
 	}
 }
 

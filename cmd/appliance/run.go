@@ -166,7 +166,7 @@ func run(ctx context.Context, log *slog.Logger, path string, cfg *config.Config,
 		if err := routes.Set(context.Background(), nil); err != nil {
 			return err
 		}
-		return st.SaveApplied([]byte("{}"))
+		return st.SaveApplied(nil, nil, true)
 	}
 	log.Info("stopped; the datapath keeps forwarding")
 	return nil
