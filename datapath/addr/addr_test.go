@@ -129,3 +129,51 @@ func TestAdopt(t *testing.T) {
 		t.Fatalf("after Adopt, want only 203.0.113.10:\n%s", got)
 	}
 }
+
+// TestSetMany sets more addresses than one write carries, of both
+// families, then half of them, then none: lo holds exactly what is asked
+// each time, each address with its prefix length and no duplicate address
+// detection.
+func TestSetMany(t *testing.T) {
+	ns, fd := newNS(t)
+	ctx := context.Background()
+	tg, err := New(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tg.Close()
+	var all []netip.Addr
+	for i := range 2*perWrite + 100 {
+		all = append(all, netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)}))
+		if i%10 == 0 {
+			all = append(all, netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 14: byte(i >> 8), 15: byte(i)}))
+		}
+	}
+	for _, want := range [][]netip.Addr{all, all[:len(all)/2], nil} {
+		if err := tg.Set(ctx, want); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command("ip", "-n", ns, "-o", "addr", "show", "dev", "lo").CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip addr show: %v: %s", err, out)
+		}
+		var got []netip.Addr
+		for line := range strings.Lines(string(out)) {
+			f := strings.Fields(line)
+			p, err := netip.ParsePrefix(f[3])
+			if err != nil || p.Addr().IsLoopback() {
+				continue
+			}
+			if p.Bits() != p.Addr().BitLen() || p.Addr().Is6() && !strings.Contains(line, "nodad") {
+				t.Errorf("lo holds %s", strings.TrimSpace(line))
+			}
+			got = append(got, p.Addr())
+		}
+		slices.SortFunc(got, netip.Addr.Compare)
+		want = slices.Clone(want)
+		slices.SortFunc(want, netip.Addr.Compare)
+		if !slices.Equal(got, want) {
+			t.Fatalf("lo holds %d VIP addresses, want %d", len(got), len(want))
+		}
+	}
+}
