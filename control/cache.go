@@ -19,8 +19,9 @@ import (
 type Cache struct {
 	byName map[string]*cachedVIP
 	// compiles counts Compile calls, to forget the VIPs a compile did not
-	// see.
+	// see; seen counts the VIPs of this one.
 	compiles uint64
+	seen     int
 }
 
 type cachedVIP struct {
@@ -46,6 +47,7 @@ type cachedVIP struct {
 func (c *Cache) begin() {
 	if c != nil {
 		c.compiles++
+		c.seen = 0
 	}
 }
 
@@ -63,13 +65,16 @@ func (c *Cache) vip(cv config.VIP, state map[string]bool) (VIP, error) {
 		e = newCachedVIP(cv, state)
 		c.byName[cv.Name] = e
 	}
-	e.used = c.compiles
+	if e.used != c.compiles {
+		e.used = c.compiles
+		c.seen++
+	}
 	return e.vip, e.err
 }
 
 // end forgets the VIPs the compile did not see.
 func (c *Cache) end() {
-	if c == nil {
+	if c == nil || c.seen == len(c.byName) {
 		return
 	}
 	for name, e := range c.byName {

@@ -75,6 +75,18 @@ func (d Desired) Services() []nft.Service {
 	return out
 }
 
+// service is the VIP as the L4 datapath takes it.
+func (v VIP) service() nft.Service {
+	s := nft.Service{Key: v.Key, SNAT: v.SNAT, Scheduler: v.Scheduler, Slots: v.Slots}
+	if len(v.Backends) > 0 {
+		s.Backends = make([]netip.AddrPort, len(v.Backends))
+		for i, b := range v.Backends {
+			s.Backends[i] = b.Addr
+		}
+	}
+	return s
+}
+
 // Addresses are the VIP addresses the appliance must own, sorted, each once.
 func (d Desired) Addresses() []netip.Addr {
 	out := make([]netip.Addr, 0, len(d.VIPs))
@@ -133,25 +145,34 @@ func (d Desired) checkedHealth() map[string]bool {
 // fraction of a millisecond, where reflect.DeepEqual takes tens: slices
 // that compile reused (see Cache) compare by address.
 
-// sameDesired reports whether a and b are equal.
-func sameDesired(a, b Desired) bool {
-	if !sameVIPs(a.VIPs, b.VIPs) || !sameRoutes(a.Routes, b.Routes) || !sameBGP(a.BGP, b.BGP) {
-		return false
-	}
+// sameness says which parts of two Desireds are equal.
+type sameness struct {
+	vips, routes, bgp, rest bool
+}
+
+func (s sameness) all() bool { return s.vips && s.routes && s.bgp && s.rest }
+
+func compareDesired(a, b Desired) sameness {
+	s := sameness{vips: sameVIPs(a.VIPs, b.VIPs), routes: sameRoutes(a.Routes, b.Routes), bgp: sameBGP(a.BGP, b.BGP)}
 	a.VIPs, a.Routes, a.BGP = nil, nil, bgp.Config{}
 	b.VIPs, b.Routes, b.BGP = nil, nil, bgp.Config{}
-	return reflect.DeepEqual(a, b)
+	s.rest = reflect.DeepEqual(a, b)
+	return s
 }
+
+// sameDesired reports whether a and b are equal.
+func sameDesired(a, b Desired) bool { return compareDesired(a, b).all() }
 
 func sameVIPs(a, b []VIP) bool { return slices.EqualFunc(a, b, sameVIP) }
 
 func sameVIP(a, b VIP) bool {
 	return a.Name == b.Name && a.Key == b.Key && a.SNAT == b.SNAT && a.Scheduler == b.Scheduler &&
 		(a.Health == b.Health || a.Health != nil && b.Health != nil && *a.Health == *b.Health) &&
-		slices.Equal(a.Backends, b.Backends) && sameSlots(a.Slots, b.Slots)
+		sameSlice(a.Backends, b.Backends) && sameSlice(a.Slots, b.Slots)
 }
 
-func sameSlots(a, b []netip.AddrPort) bool {
+// sameSlice is slices.Equal, at once for a slice compared with itself.
+func sameSlice[E comparable](a, b []E) bool {
 	if len(a) != len(b) {
 		return false
 	}

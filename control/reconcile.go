@@ -84,6 +84,9 @@ type Reconciler struct {
 	// cur is what the targets hold, nil when unknown; saved is what the
 	// store holds, nil when unknown.
 	cur, saved *Desired
+	// services are cur's services as the L4 target was given them: an
+	// unchanged VIP hands it the very same again.
+	services []nft.Service
 	// applied is the last Desired applied in full, for Applied; unlike
 	// cur, Resync does not clear it.
 	applied atomic.Pointer[Desired]
@@ -115,11 +118,14 @@ func (r *Reconciler) Applied() *Desired { return r.applied.Load() }
 // target keeps its slots.
 func (r *Reconciler) Apply(ctx context.Context, d Desired) error {
 	cur := r.cur
-	if cur != nil && sameDesired(*cur, d) {
-		return nil
+	var same sameness
+	if cur != nil {
+		if same = compareDesired(*cur, d); same.all() {
+			return nil
+		}
 	}
 	addrs := cur == nil || !sameAddresses(*cur, d)
-	bgpChanged := cur == nil || !sameBGP(cur.BGP, d.BGP)
+	bgpChanged := !same.bgp
 	var steps []func() error
 	var want []netip.Addr
 	if addrs {
@@ -139,10 +145,12 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) error {
 		}
 		steps = append(steps, func() error { return r.bgp(ctx, withdrawFirst) })
 	}
-	if cur == nil || !sameVIPs(cur.VIPs, d.VIPs) {
-		steps = append(steps, func() error { return r.t.L4.Set(ctx, d.Services()) })
+	services := r.services
+	if !same.vips {
+		services = r.servicesFor(d)
+		steps = append(steps, func() error { return r.t.L4.Set(ctx, services) })
 	}
-	if cur == nil || !sameRoutes(cur.Routes, d.Routes) {
+	if !same.routes {
 		steps = append(steps, func() error { return r.routes(ctx, d.Routes) })
 	}
 	if bgpChanged {
@@ -159,10 +167,27 @@ func (r *Reconciler) Apply(ctx context.Context, d Desired) error {
 	if err := r.save(d); err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}
-	r.cur = &d
+	r.cur, r.services = &d, services
 	r.applied.Store(&d)
 	r.log.Info("applied", "vips", len(d.VIPs))
 	return nil
+}
+
+// servicesFor is d.Services(), with the service of every VIP that did not
+// change since cur taken from the services cur was applied with.
+func (r *Reconciler) servicesFor(d Desired) []nft.Service {
+	if r.cur == nil || len(r.services) != len(r.cur.VIPs) {
+		return d.Services()
+	}
+	out := make([]nft.Service, len(d.VIPs))
+	for i, v := range d.VIPs {
+		if i < len(r.cur.VIPs) && sameVIP(r.cur.VIPs[i], v) {
+			out[i] = r.services[i]
+		} else {
+			out[i] = v.service()
+		}
+	}
+	return out
 }
 
 // Parts of the stored state: one per VIP, and the rest.
