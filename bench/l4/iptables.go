@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"time"
 )
 
 // iptablesPath programs the services as kube-proxy does with iptables-nft:
@@ -45,12 +46,14 @@ func (p *iptablesPath) apply(ctx context.Context) error {
 
 // change declares the VIP's chain, which empties it even with --noflush,
 // and fills it again, in one transaction.
-func (p *iptablesPath) change(ctx context.Context, i int, backends []netip.AddrPort) error {
+func (p *iptablesPath) change(ctx context.Context, i int, backends []netip.AddrPort) (time.Duration, error) {
+	start := time.Now()
 	var b strings.Builder
 	fmt.Fprintf(&b, "*nat\n:%s - [0:0]\n", vipChain(i))
 	writeVIPChain(&b, i, backends)
 	b.WriteString("COMMIT\n")
-	return p.restore(ctx, b.String(), "--noflush")
+	err := p.restore(ctx, b.String(), "--noflush")
+	return time.Since(start), err
 }
 
 func (p *iptablesPath) close() error { return nil }

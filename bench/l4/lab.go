@@ -98,6 +98,24 @@ func (l *lab) reset(ctx context.Context) error {
 	return err
 }
 
+// trackOnly is a ruleset that makes the router track every connection and
+// do nothing else: one forward rule with a conntrack expression, which is
+// what loads conntrack into the namespace. Any NAT datapath pays for
+// conntrack; this shows how much of its cost is that.
+const trackOnly = "add table inet bench_ct; " +
+	"add chain inet bench_ct forward { type filter hook forward priority filter; policy accept; }; " +
+	"add rule inet bench_ct forward ct state established,related accept"
+
+// connRateTracked is connRate with the router tracking connections and
+// doing nothing else; the router's ruleset is empty again afterwards.
+func (l *lab) connRateTracked(ctx context.Context, dst netip.AddrPort) ([]float64, error) {
+	if _, err := l.Exec(ctx, "router", "nft", trackOnly); err != nil {
+		return nil, err
+	}
+	rates, err := l.connRate(ctx, dst)
+	return rates, errors.Join(err, l.reset(ctx))
+}
+
 var (
 	wrkRequests = regexp.MustCompile(`(\d+) requests in`)
 	wrkRate     = regexp.MustCompile(`Requests/sec:\s+([\d.]+)`)

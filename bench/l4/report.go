@@ -57,9 +57,15 @@ func (r *report) markdown() string {
 		"the router forwards (ip_forward=1) and holds the rules. Every VIP is 198.18.x.y:80/tcp with the same 4 " +
 		"backends 10.0.1.11–14:80, all served by one test/backend process.")
 	p("")
-	p("- **nft**: datapath/nft as the daemon drives it: per VIP a Maglev table of `maglev.Size(4)` slots " +
-		"(hash scheduler), then one `Target.Set` with every service; a change is one `Set` of the whole list " +
-		"with one backend of one VIP replaced.")
+	p("- **nft**: the appliance's own path: a `control.Daemon` (the daemon's loop, unchanged) with the real " +
+		"datapath/nft and datapath/addr targets in the router's namespace and a real store (bbolt, fsynced) in a " +
+		"temporary directory; every VIP is `scheduler: maglev` (a Maglev table of `maglev.Size(4)` = 131 slots). " +
+		"**Cold** is the daemon's first apply, from `Run` to its end: compile, the VIP addresses on `lo`, the nft " +
+		"`Set`, the store's save. **A change** is a reload with one backend of one VIP replaced, from the new " +
+		"configuration reaching the daemon to the end of its apply: compile (reusing the unchanged VIPs' tables), " +
+		"`Reconciler.Apply` (the nft `Set` of the whole list, the store's save of that VIP; the addresses do not " +
+		"change, so they are not touched) and the hand-over to the health checker. Not timed: reading and " +
+		"validating the YAML of a reload (the bench builds the configuration in memory) and recording it as a revision.")
 	p("- **iptables**: iptables-nft, kube-proxy style: nat PREROUTING → SERVICES with one `-d VIP/32 -p tcp " +
 		"--dport 80 -j SVC-x` rule per VIP → SVC-x with `-m statistic --mode random --probability 1/n` rules " +
 		"and `-j DNAT`; loaded with one `iptables-nft-restore`, a change one `iptables-nft-restore --noflush` " +
@@ -82,31 +88,34 @@ func (r *report) targets(p func(string, ...any)) {
 	p("")
 	p("| target | nft | | iptables, for comparison |")
 	p("|---|---|---|---|")
-	row := func(name string, f func(*result) (string, bool, bool)) {
+	row := func(name string, reference bool, f func(*result) (string, bool, bool)) {
 		nv, nok, nmeasured := f(r.get("nft", top))
 		iv, _, _ := f(r.get("iptables", top))
 		verdict := "not measured"
-		if nmeasured {
+		switch {
+		case reference:
+			verdict = "reference, not a target"
+		case nmeasured:
 			verdict = map[bool]string{true: "**PASS**", false: "**FAIL**"}[nok]
 		}
 		p("| %s | %s | %s | %s |", name, nv, verdict, iv)
 	}
 	limit := 10 * time.Millisecond
-	row("one backend change ≤ 10 ms (median)", func(x *result) (string, bool, bool) {
+	row("one backend change ≤ 10 ms (median)", false, func(x *result) (string, bool, bool) {
 		if len(x.changes) == 0 {
 			return "—", false, false
 		}
 		d := median(x.changes)
 		return ms(d), d <= limit, true
 	})
-	row("one backend change ≤ 10 ms (max)", func(x *result) (string, bool, bool) {
+	row("one backend change ≤ 10 ms (max)", false, func(x *result) (string, bool, bool) {
 		if len(x.changes) == 0 {
 			return "—", false, false
 		}
 		d := slices.Max(x.changes)
 		return ms(d), d <= limit, true
 	})
-	row(fmt.Sprintf("new conns/s within 5%% of 1 VIP (≥ 95%%)"), func(x *result) (string, bool, bool) {
+	row("new conns/s within 5% of 1 VIP (≥ 95%)", false, func(x *result) (string, bool, bool) {
 		one := r.get(x.kind, scales[0])
 		if len(x.conns) == 0 || len(one.conns) == 0 {
 			return "—", false, false
@@ -114,20 +123,54 @@ func (r *report) targets(p func(string, ...any)) {
 		f := median(x.conns) / median(one.conns)
 		return pct(f) + " of 1 VIP", f >= 0.95, true
 	})
-	row("new conns/s ≥ 90% of direct", func(x *result) (string, bool, bool) {
+	row("new conns/s ≥ 90% of direct (router without rules: no conntrack)", false, func(x *result) (string, bool, bool) {
 		if len(x.conns) == 0 || len(x.direct) == 0 {
 			return "—", false, false
 		}
 		f := median(x.conns) / median(x.direct)
 		return pct(f) + " of direct", f >= 0.90, true
 	})
-	row("programmed cold in ≤ 5 s", func(x *result) (string, bool, bool) {
-		if x.coldErr != nil {
-			return "failed", false, true
+	row("new conns/s vs direct with conntrack (router that only tracks connections)", true, func(x *result) (string, bool, bool) {
+		if len(x.conns) == 0 || len(x.directCT) == 0 {
+			return "—", false, false
 		}
-		d := x.prep + x.apply
-		return secs(d), d <= 5*time.Second, true
+		f := median(x.conns) / median(x.directCT)
+		return pct(f) + " of direct+ct", f >= 0.90, true
 	})
+	row("programmed cold in ≤ 5 s (nft: the daemon's first apply without the VIP addresses: compile, nft Set, store)", false,
+		func(x *result) (string, bool, bool) {
+			if x.coldErr != nil {
+				return "failed", false, true
+			}
+			d := x.prep + x.apply
+			if x.kind == "nft" {
+				// prep only builds the bench's configuration.
+				d = x.apply - x.coldSpent.addrs
+			}
+			return secs(d), d <= 5*time.Second, true
+		})
+	row("the daemon's whole first apply, with the VIP addresses on lo", true, func(x *result) (string, bool, bool) {
+		if x.kind != "nft" || x.coldErr != nil {
+			return "—", false, false
+		}
+		return secs(x.apply), x.apply <= 5*time.Second, true
+	})
+	p("")
+	p("Cold: kube-proxy adds no addresses, and the old measurement of this row (13.6 s) was the Maglev tables "+
+		"and the nft Set alone; the daemon also puts every VIP address on `lo`, which the kernel does in "+
+		"quadratic time (each new address walks the device's list): %s of the whole apply at %s VIPs, shown "+
+		"apart below.", func() string {
+		x := r.get("nft", top)
+		if x.coldErr != nil {
+			return "—"
+		}
+		return secs(x.coldSpent.addrs)
+	}(), count(top))
+	p("")
+	p("The issue's target for connection rates is \"≥ 90 %% of direct\"; direct there is the router with no rules, " +
+		"which does not even track connections, while every NAT datapath (this one, kube-proxy's, IPVS) needs " +
+		"conntrack. The row \"direct with conntrack\" shows how much of the gap is conntrack itself; it is a " +
+		"reference, and the target's verdict stays on plain direct.")
 	p("")
 	if lo, hi, ok := r.directSpread(); ok && hi/lo-1 > 0.05 {
 		p("The connection-rate verdicts are indicative only: the direct path alone varied by %s over this run "+
@@ -139,24 +182,30 @@ func (r *report) targets(p func(string, ...any)) {
 func (r *report) cold(p func(string, ...any)) {
 	p("## Cold programming (empty router namespace → all VIPs programmed)")
 	p("")
-	p("User space is building the Maglev tables (nft) or rendering the restore text (iptables); kernel is " +
-		"`Target.Set` or `iptables-nft-restore` until it returns.")
+	p("nft: the daemon's first apply, split into where its time went: the nft `Set`, the VIP addresses on `lo` " +
+		"(datapath/addr, one netlink request each), the store's save of every VIP, and the rest (compile, with " +
+		"its Maglev tables, and the reconciler's own work). iptables: rendering the restore text, then " +
+		"`iptables-nft-restore` until it returns.")
 	p("")
-	p("| VIPs | nft: user space | nft: Set | nft: total | iptables: user space | iptables: restore | iptables: total | nft ÷ iptables (total) |")
-	p("|--:|--:|--:|--:|--:|--:|--:|--:|")
+	p("| VIPs | nft: Set | nft: addresses | nft: store | nft: compile & rest | nft: total | iptables: render | iptables: restore | iptables: total | nft ÷ iptables (total) | nft Set ÷ iptables restore |")
+	p("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, n := range scales {
 		nf, ip := r.get("nft", n), r.get("iptables", n)
-		cells := func(x *result) string {
-			if x.coldErr != nil {
-				return fmt.Sprintf("%s | failed after %s | failed", ms(x.prep), ms(x.apply))
-			}
-			return fmt.Sprintf("%s | %s | %s", ms(x.prep), ms(x.apply), ms(x.prep+x.apply))
+		nft := "— | — | — | — | failed"
+		if nf.coldErr == nil {
+			s := nf.coldSpent
+			nft = fmt.Sprintf("%s | %s | %s | %s | %s", ms(s.l4), ms(s.addrs), ms(s.store), ms(nf.apply-s.l4-s.addrs-s.store), ms(nf.apply))
 		}
-		ratio := "—"
+		ipt := fmt.Sprintf("%s | failed after %s | failed", ms(ip.prep), ms(ip.apply))
+		if ip.coldErr == nil {
+			ipt = fmt.Sprintf("%s | %s | %s", ms(ip.prep), ms(ip.apply), ms(ip.prep+ip.apply))
+		}
+		ratio, setRatio := "—", "—"
 		if nf.coldErr == nil && ip.coldErr == nil {
-			ratio = times(float64(nf.prep+nf.apply) / float64(ip.prep+ip.apply))
+			ratio = times(float64(nf.apply) / float64(ip.prep+ip.apply))
+			setRatio = times(float64(nf.coldSpent.l4) / float64(ip.apply))
 		}
-		p("| %s | %s | %s | %s |", count(n), cells(nf), cells(ip), ratio)
+		p("| %s | %s | %s | %s | %s |", count(n), nft, ipt, ratio, setRatio)
 	}
 	p("")
 }
@@ -164,8 +213,12 @@ func (r *report) cold(p func(string, ...any)) {
 func (r *report) changeTimes(p func(string, ...any)) {
 	p("## One backend change (%d changes at each scale, each on another VIP where there are enough)", changes)
 	p("")
-	p("| VIPs | nft: median | nft: max | iptables: median | iptables: max | nft ÷ iptables (median) |")
-	p("|--:|--:|--:|--:|--:|--:|")
+	p("nft: the whole change as the daemon makes it (see above), and the medians of two of its parts: the nft " +
+		"`Set` and the store's save; the rest is compile and the reconciler. iptables: one `iptables-nft-restore " +
+		"--noflush` that rewrites the VIP's chain.")
+	p("")
+	p("| VIPs | nft: median | nft: max | nft: Set (median) | nft: store (median) | iptables: median | iptables: max | nft ÷ iptables (median) |")
+	p("|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, n := range scales {
 		nf, ip := r.get("nft", n), r.get("iptables", n)
 		cells := func(x *result) string {
@@ -174,11 +227,19 @@ func (r *report) changeTimes(p func(string, ...any)) {
 			}
 			return fmt.Sprintf("%s | %s", ms(median(x.changes)), ms(slices.Max(x.changes)))
 		}
+		parts := "— | —"
+		if len(nf.changeSpent) > 0 {
+			var l4, st []time.Duration
+			for _, s := range nf.changeSpent {
+				l4, st = append(l4, s.l4), append(st, s.store)
+			}
+			parts = ms(median(l4)) + " | " + ms(median(st))
+		}
 		ratio := "—"
 		if len(nf.changes) > 0 && len(ip.changes) > 0 {
 			ratio = times(float64(median(nf.changes)) / float64(median(ip.changes)))
 		}
-		p("| %s | %s | %s | %s |", count(n), cells(nf), cells(ip), ratio)
+		p("| %s | %s | %s | %s | %s |", count(n), cells(nf), parts, cells(ip), ratio)
 	}
 	p("")
 }
@@ -188,8 +249,10 @@ func (r *report) conns(p func(string, ...any)) {
 	p("")
 	p("`wrk -c 32 -t 2 -d 5s -H \"Connection: close\"` from the client: each request is a new connection. "+
 		"Median of %d runs, range in brackets. Through a VIP, wrk targets the **last** VIP in the list "+
-		"(the worst case for linear rules). Direct is client → backend 10.0.1.11 through the same router, "+
-		"measured just before programming that case, with the router's ruleset empty: no NAT, no conntrack.", reps)
+		"(the worst case for linear rules). Both direct paths are client → backend 10.0.1.11 through the same "+
+		"router, measured just before programming that case: **direct** with the router's ruleset empty (no NAT, "+
+		"no conntrack), **direct+ct** with a ruleset of one forward rule `ct state established,related accept`, "+
+		"which makes the router track every connection and nothing else.", reps)
 	p("")
 	rate := func(v []float64) string {
 		if len(v) == 0 {
@@ -197,22 +260,31 @@ func (r *report) conns(p func(string, ...any)) {
 		}
 		return fmt.Sprintf("%.0f [%.0f–%.0f]", median(v), slices.Min(v), slices.Max(v))
 	}
-	p("| VIPs | nft: via VIP | nft: direct | nft ÷ direct | iptables: via VIP | iptables: direct | iptables ÷ direct | nft ÷ iptables (via VIP) |")
-	p("|--:|--:|--:|--:|--:|--:|--:|--:|")
+	of := func(a, b []float64) string {
+		if len(a) == 0 || len(b) == 0 {
+			return "—"
+		}
+		return pct(median(a) / median(b))
+	}
+	p("| VIPs | datapath | via VIP | direct | direct+ct | ÷ direct | ÷ direct+ct |")
+	p("|--:|---|--:|--:|--:|--:|--:|")
+	for _, n := range scales {
+		for _, kind := range []string{"nft", "iptables"} {
+			x := r.get(kind, n)
+			p("| %s | %s | %s | %s | %s | %s | %s |", count(n), kind, rate(x.conns), rate(x.direct), rate(x.directCT),
+				of(x.conns, x.direct), of(x.conns, x.directCT))
+		}
+	}
+	p("")
+	p("| VIPs | nft ÷ iptables (via VIP) |")
+	p("|--:|--:|")
 	for _, n := range scales {
 		nf, ip := r.get("nft", n), r.get("iptables", n)
-		cells := func(x *result) string {
-			ofDirect := "—"
-			if len(x.conns) > 0 && len(x.direct) > 0 {
-				ofDirect = pct(median(x.conns) / median(x.direct))
-			}
-			return fmt.Sprintf("%s | %s | %s", rate(x.conns), rate(x.direct), ofDirect)
-		}
 		ratio := "—"
 		if len(nf.conns) > 0 && len(ip.conns) > 0 {
 			ratio = times(median(nf.conns) / median(ip.conns))
 		}
-		p("| %s | %s | %s | %s |", count(n), cells(nf), cells(ip), ratio)
+		p("| %s | %s |", count(n), ratio)
 	}
 	p("")
 	if lo, hi, ok := r.directSpread(); ok {
@@ -240,30 +312,33 @@ func (r *report) memory(p func(string, ...any)) {
 	p("## Memory")
 	p("")
 	p("Kernel: growth of %s in /proc/meminfo over the cold programming, each read once it has held still "+
-		"(machine-wide, so small values are noise). Go heap (nft only; the iptables side has no daemon here): "+
-		"live heap after a full GC grown by building the `[]nft.Service` list (Maglev tables; the daemon holds "+
-		"this as its compiled config) and then by `Target.Set` (what the Target keeps).",
+		"(machine-wide, so small values are noise). For nft this includes the VIP addresses on `lo`; the column "+
+		"after it is what removing them at the end gave back, and the datapath is the difference. Go heap (nft "+
+		"only; the iptables side has no daemon here): the live heap after a full GC grown by the cold "+
+		"programming, which is what the daemon holds (the Desired with its Maglev tables, compile's cache, the "+
+		"reconciler's and the nft target's state; they share the tables).",
 		strings.Join(kernelMemFields, " + "))
 	p("")
-	p("| VIPs | kernel: nft | kernel: iptables | nft ÷ iptables | Go heap: []nft.Service | Go heap: Target after Set |")
-	p("|--:|--:|--:|--:|--:|--:|")
+	p("| VIPs | kernel: nft, all | of which VIP addresses | kernel: nft datapath | kernel: iptables | nft datapath ÷ iptables | Go heap: daemon |")
+	p("|--:|--:|--:|--:|--:|--:|--:|")
 	for _, n := range scales {
 		nf, ip := r.get("nft", n), r.get("iptables", n)
-		kernel := func(x *result) string {
-			if x.coldErr != nil {
-				return "—"
+		all, addrs, datapath, heap := "—", "—", "—", "—"
+		if nf.coldErr == nil {
+			all, heap = mib(nf.kernel), mib(nf.heapApplied)
+			if nf.addrsErr == nil {
+				addrs, datapath = mib(nf.addrs), mib(nf.kernel-nf.addrs)
 			}
-			return mib(x.kernel)
+		}
+		ipk := "—"
+		if ip.coldErr == nil {
+			ipk = mib(ip.kernel)
 		}
 		ratio := "—"
-		if nf.coldErr == nil && ip.coldErr == nil && ip.kernel > 0 {
-			ratio = times(float64(nf.kernel) / float64(ip.kernel))
+		if nf.coldErr == nil && nf.addrsErr == nil && ip.coldErr == nil && ip.kernel > 1<<20 {
+			ratio = times(float64(nf.kernel-nf.addrs) / float64(ip.kernel))
 		}
-		heap := "— | —"
-		if nf.coldErr == nil {
-			heap = mib(nf.heapPrepared) + " | " + mib(nf.heapApplied)
-		}
-		p("| %s | %s | %s | %s | %s |", count(n), kernel(nf), kernel(ip), ratio, heap)
+		p("| %s | %s | %s | %s | %s | %s | %s |", count(n), all, addrs, datapath, ipk, ratio, heap)
 	}
 	p("")
 }
@@ -274,7 +349,7 @@ func (r *report) errors(p func(string, ...any)) {
 		for _, e := range []struct {
 			phase string
 			err   error
-		}{{"cold programming", x.coldErr}, {"backend change", x.changeErr}, {"connections", x.connsErr}} {
+		}{{"cold programming", x.coldErr}, {"backend change", x.changeErr}, {"connections", x.connsErr}, {"address memory", x.addrsErr}} {
 			if e.err != nil {
 				lines = append(lines, fmt.Sprintf("- %s at %s VIPs, %s: `%v`", x.kind, count(x.vips), e.phase, e.err))
 			}
