@@ -1,11 +1,16 @@
 package nft
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"slices"
+	"syscall"
 
 	"github.com/google/nftables"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -123,21 +128,31 @@ func (t *Target) dump() (*dumped, error) {
 		if !have[svc.Name] {
 			continue
 		}
-		elems, err := t.elements(svc)
+		v6 := svc == t.o.services6
+		type entry struct {
+			k Key
+			v *verdict
+		}
+		var entries []entry
+		err := t.readSet(svc, func() { entries = entries[:0] }, func(key, val []byte) error {
+			k, err := decodeServiceKey(key, v6)
+			if err != nil {
+				return err
+			}
+			// A value that is no verdict is kept as nil: foreign.
+			v, _ := decodeVerdict(val)
+			entries = append(entries, entry{k, v})
+			return nil
+		})
 		if err != nil {
 			return nil, fmt.Errorf("nft: list map %s: %w", svc.Name, err)
 		}
-		for _, e := range elems {
-			k, err := decodeServiceKey(e.Key, svc == t.o.services6)
-			if err != nil {
-				return nil, fmt.Errorf("nft: map %s: %w", svc.Name, err)
-			}
+		for _, e := range entries {
+			k, v := e.k, e.v
 			s := &Service{Key: k}
 			byKey[k] = s
-			// google/nftables leaves a verdict in Val, undecoded.
-			v, err := decodeVerdict(e.Val)
 			switch {
-			case err != nil:
+			case v == nil:
 				d.foreign[k] = ""
 			case v.code == nfAccept:
 			case v.code == unix.NFT_GOTO && chainNames[v.chain]:
@@ -192,19 +207,19 @@ func (t *Target) dump() (*dumped, error) {
 		if !have[set.Name] {
 			continue
 		}
-		elems, err := t.elements(set)
-		if err != nil {
-			return nil, fmt.Errorf("nft: list set %s: %w", set.Name, err)
-		}
 		orphans := &elemStep{set: set, del: true}
-		for _, e := range elems {
-			k, err := decodeServiceKey(e.Key, set == t.o.vipCounters6)
+		err := t.readSet(set, func() { *orphans = elemStep{set: set, del: true} }, func(key, _ []byte) error {
+			k, err := decodeServiceKey(key, set == t.o.vipCounters6)
 			if err != nil {
-				return nil, fmt.Errorf("nft: set %s: %w", set.Name, err)
+				return err
 			}
 			if byKey[k] == nil {
-				orphans.add(e.Key, nil, nil)
+				orphans.add(key, nil, nil)
 			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("nft: list set %s: %w", set.Name, err)
 		}
 		d.addOrphans(orphans)
 	}
@@ -212,48 +227,81 @@ func (t *Target) dump() (*dumped, error) {
 		if !have[set.Name] {
 			continue
 		}
-		elems, err := t.elements(set)
+		type entry struct {
+			k Key
+			b netip.AddrPort
+		}
+		var entries []entry
+		orphans := &elemStep{set: set, del: true}
+		err := t.readSet(set, func() { entries, *orphans = entries[:0], elemStep{set: set, del: true} }, func(key, _ []byte) error {
+			k, b, err := decodeBackendCounterKey(key, set == t.o.backendCounters6)
+			if err != nil {
+				return err
+			}
+			if byKey[k] == nil {
+				orphans.add(key, nil, nil)
+			} else {
+				entries = append(entries, entry{k, b})
+			}
+			return nil
+		})
 		if err != nil {
 			return nil, fmt.Errorf("nft: list set %s: %w", set.Name, err)
 		}
-		orphans := &elemStep{set: set, del: true}
-		for _, e := range elems {
-			k, b, err := decodeBackendCounterKey(e.Key, set == t.o.backendCounters6)
-			if err != nil {
-				return nil, fmt.Errorf("nft: set %s: %w", set.Name, err)
-			}
-			s := byKey[k]
-			if s == nil {
-				orphans.add(e.Key, nil, nil)
-				continue
-			}
-			s.Backends = append(s.Backends, b)
+		for _, e := range entries {
+			s := byKey[e.k]
+			s.Backends = append(s.Backends, e.b)
 		}
 		d.addOrphans(orphans)
 	}
 
-	// Slots.
+	// Slots, straight into their services: a slot read twice shows a
+	// read that repeats elements (see elements), and the map is read
+	// again from the start. All slots of a VIP are in one map.
 	slices.Sort(slotSets)
 	for _, name := range slotSets {
 		set := t.o.slotSet(name)
 		v6, _, _ := parseSlotSetName(name)
-		elems, err := t.elements(set)
-		if err != nil {
-			return nil, fmt.Errorf("nft: list map %s: %w", name, err)
-		}
-		orphans := &elemStep{set: set, del: true}
-		for _, e := range elems {
-			k, i, err := decodeSlotKey(e.Key, v6)
+		var orphans *elemStep
+		for read := 0; ; read++ {
+			if read == maxReads {
+				return nil, fmt.Errorf("nft: list map %s: %d reads repeated elements", name, maxReads)
+			}
+			orphans = &elemStep{set: set, del: true}
+			seenOrphans := map[string]bool{}
+			repeated := false
+			err := t.dumpSet(set, func(key, val []byte) error {
+				k, i, err := decodeSlotKey(key, v6)
+				if err != nil {
+					return err
+				}
+				s := byKey[k]
+				if s == nil || i >= len(s.Slots) || params[k].slots != name {
+					if seenOrphans[string(key)] {
+						repeated = true
+						return errStop
+					}
+					seenOrphans[string(key)] = true
+					orphans.add(key, nil, nil)
+					return nil
+				}
+				if s.Slots[i].IsValid() {
+					repeated = true
+					return errStop
+				}
+				s.Slots[i], err = decodeBackendData(val, v6)
+				return err
+			})
 			if err != nil {
-				return nil, fmt.Errorf("nft: map %s: %w", name, err)
+				return nil, fmt.Errorf("nft: list map %s: %w", name, err)
 			}
-			s := byKey[k]
-			if s == nil || i >= len(s.Slots) || params[k].slots != name {
-				orphans.add(e.Key, nil, nil)
-				continue
+			if !repeated {
+				break
 			}
-			if s.Slots[i], err = decodeBackendData(e.Val, v6); err != nil {
-				return nil, fmt.Errorf("nft: map %s: %w", name, err)
+			for k, p := range params {
+				if p.slots == name {
+					clear(byKey[k].Slots)
+				}
 			}
 		}
 		d.addOrphans(orphans)
@@ -337,6 +385,31 @@ func (t *Target) checkPickChain(d *dumped, name string, p pickParams) error {
 // inconsistent.
 const maxReads = 10
 
+// readSet reads a set's elements into fn like dumpSet; when the read
+// repeats an element (see elements), it calls reset and reads again.
+func (t *Target) readSet(set *nftables.Set, reset func(), fn func(key, val []byte) error) error {
+	for range maxReads {
+		seen := map[string]struct{}{}
+		repeated := false
+		err := t.dumpSet(set, func(key, val []byte) error {
+			if _, ok := seen[string(key)]; ok {
+				repeated = true
+				return errStop
+			}
+			seen[string(key)] = struct{}{}
+			return fn(key, val)
+		})
+		if err != nil {
+			return err
+		}
+		if !repeated {
+			return nil
+		}
+		reset()
+	}
+	return fmt.Errorf("%d reads repeated elements", maxReads)
+}
+
 // elements lists the elements of a set. The kernel sends a big set in
 // parts, each walking the hash table from its start and skipping as many
 // elements as the parts before sent. When the table is resized between two
@@ -361,4 +434,135 @@ func (t *Target) elements(set *nftables.Set) ([]nftables.SetElement, error) {
 		}
 	}
 	return nil, fmt.Errorf("%d reads repeated elements", maxReads)
+}
+
+// dumpBuffer is the receive buffer of a set dump. The kernel sizes each
+// part of a dump to the largest read it has seen, up to 32 KiB, and walks
+// the set's hash table from its start for every part: reading with a page,
+// as github.com/google/nftables does, makes ten times the parts and a
+// hundred times the walking.
+const dumpBuffer = 64 << 10
+
+// errStop ends a dump early; its remaining parts are read and dropped.
+var errStop = errors.New("stop")
+
+// dumpSet reads the elements of a set and hands each one's key and value
+// (nil for a set) to fn, which must not keep them. A verdict map's value is
+// the attributes inside NFTA_DATA_VERDICT, as decodeVerdict reads them.
+func (t *Target) dumpSet(set *nftables.Set, fn func(key, val []byte) error) error {
+	if err := t.dialRaw(); err != nil {
+		return err
+	}
+	var w wire
+	at := w.begin(unix.NFNL_SUBSYS_NFTABLES<<8|unix.NFT_MSG_GETSETELEM, netlink.Request|netlink.Dump)
+	w.buf = append(w.buf, byte(set.Table.Family), unix.NFNETLINK_V0, 0, 0)
+	w.buf = appendAttr(w.buf, unix.NFTA_SET_ELEM_LIST_TABLE, []byte(set.Table.Name+"\x00"))
+	w.buf = appendAttr(w.buf, unix.NFTA_SET_ELEM_LIST_SET, []byte(set.Name+"\x00"))
+	w.end(at)
+	if err := t.writeRaw(w.buf); err != nil {
+		return err
+	}
+	rc, err := t.raw.SyscallConn()
+	if err != nil {
+		t.closeRaw()
+		return err
+	}
+	buf := make([]byte, dumpBuffer)
+	var ferr error
+	for {
+		var n int
+		var serr error
+		err := rc.Read(func(fd uintptr) bool {
+			n, _, serr = unix.Recvfrom(int(fd), buf, 0)
+			return serr != unix.EAGAIN
+		})
+		if err = errors.Join(err, serr); err != nil {
+			t.closeRaw()
+			return fmt.Errorf("receive: %w", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+		if err != nil {
+			t.closeRaw()
+			return fmt.Errorf("receive: %w", err)
+		}
+		for _, m := range msgs {
+			switch m.Header.Type {
+			case unix.NLMSG_DONE:
+				// A dump that failed part way says so here.
+				if len(m.Data) >= 4 {
+					if code := int32(binary.NativeEndian.Uint32(m.Data)); code < 0 {
+						return syscall.Errno(-code)
+					}
+				}
+				if errors.Is(ferr, errStop) {
+					ferr = nil
+				}
+				return ferr
+			case unix.NLMSG_ERROR:
+				if len(m.Data) >= 4 {
+					if code := int32(binary.NativeEndian.Uint32(m.Data)); code != 0 {
+						// The dump ends with its error.
+						return syscall.Errno(-code)
+					}
+				}
+				continue
+			}
+			if ferr != nil || len(m.Data) < 4 {
+				continue
+			}
+			ferr = eachElem(m.Data[4:], fn)
+		}
+	}
+}
+
+// eachElem hands fn the key and value of every element of a NEWSETELEM
+// message's attributes.
+func eachElem(b []byte, fn func(key, val []byte) error) error {
+	for a := range attrs(b) {
+		if a.typ != unix.NFTA_SET_ELEM_LIST_ELEMENTS {
+			continue
+		}
+		for elem := range attrs(a.data) {
+			var key, val []byte
+			for f := range attrs(elem.data) {
+				switch f.typ {
+				case unix.NFTA_SET_ELEM_KEY:
+					for v := range attrs(f.data) {
+						if v.typ == unix.NFTA_DATA_VALUE {
+							key = v.data
+						}
+					}
+				case unix.NFTA_SET_ELEM_DATA:
+					for v := range attrs(f.data) {
+						val = v.data // NFTA_DATA_VALUE, or NFTA_DATA_VERDICT's attributes
+					}
+				}
+			}
+			if err := fn(key, val); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+type attr struct {
+	typ  uint16
+	data []byte
+}
+
+// attrs walks netlink attributes, nested or not, without copying them.
+func attrs(b []byte) iter.Seq[attr] {
+	return func(yield func(attr) bool) {
+		for len(b) >= nlaHdr {
+			n := int(binary.NativeEndian.Uint16(b))
+			if n < nlaHdr || n > len(b) {
+				return
+			}
+			if !yield(attr{typ: binary.NativeEndian.Uint16(b[2:]) &^ (unix.NLA_F_NESTED | unix.NLA_F_NET_BYTEORDER), data: b[nlaHdr:n]}) {
+				return
+			}
+			b = b[min(len(b), (n+3)&^3):]
+		}
+	}
 }

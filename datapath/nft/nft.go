@@ -362,19 +362,25 @@ func (t *Target) run(ctx context.Context, p *plan) error {
 	return flush()
 }
 
-// sendRaw sends a batch of hand-built messages and waits for every ack.
-func (t *Target) sendRaw(w *wire) error {
-	if t.raw == nil {
-		c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: t.netns})
-		if err != nil {
-			return fmt.Errorf("dial netfilter netlink: %w", err)
-		}
-		if err := forceBuffers(c); err != nil {
-			c.Close()
-			return err
-		}
-		t.raw = c
+// dialRaw opens the connection for hand-built messages, unless it is open.
+func (t *Target) dialRaw() error {
+	if t.raw != nil {
+		return nil
 	}
+	c, err := netlink.Dial(unix.NETLINK_NETFILTER, &netlink.Config{NetNS: t.netns})
+	if err != nil {
+		return fmt.Errorf("dial netfilter netlink: %w", err)
+	}
+	if err := forceBuffers(c); err != nil {
+		c.Close()
+		return err
+	}
+	t.raw = c
+	return nil
+}
+
+// writeRaw writes hand-built messages in one sendmsg.
+func (t *Target) writeRaw(b []byte) error {
 	rc, err := t.raw.SyscallConn()
 	if err != nil {
 		t.closeRaw()
@@ -382,12 +388,23 @@ func (t *Target) sendRaw(w *wire) error {
 	}
 	var serr error
 	err = rc.Write(func(fd uintptr) bool {
-		serr = unix.Sendto(int(fd), w.buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		serr = unix.Sendto(int(fd), b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
 		return serr != unix.EAGAIN
 	})
 	if err = errors.Join(err, serr); err != nil {
 		t.closeRaw()
 		return fmt.Errorf("send: %w", err)
+	}
+	return nil
+}
+
+// sendRaw sends a batch of hand-built messages and waits for every ack.
+func (t *Target) sendRaw(w *wire) error {
+	if err := t.dialRaw(); err != nil {
+		return err
+	}
+	if err := t.writeRaw(w.buf); err != nil {
+		return err
 	}
 	for acks := w.acks; acks > 0; {
 		replies, err := t.raw.Receive()
