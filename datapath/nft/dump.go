@@ -38,10 +38,11 @@ type dumped struct {
 }
 
 // adoption is what adopting a table left by an earlier run takes: a plan to
-// run before the changes (base objects, repairs, orphan elements) and one
-// after (orphan chains and sets, once no dispatch entry names them).
+// run before the changes (base objects, repairs, orphan elements) and plans
+// to run after them (orphan chains, once no dispatch entry names them, and
+// orphan sets).
 type adoption struct {
-	pre, post *plan
+	pre, postChains, postSets *plan
 	*dumped
 }
 
@@ -52,7 +53,7 @@ func (t *Target) adopt() (*adoption, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &adoption{pre: basePlan(t.o), post: &plan{}, dumped: d}
+	a := &adoption{pre: basePlan(t.o), postChains: &plan{}, postSets: &plan{}, dumped: d}
 	names := make([]string, 0, len(d.badChains))
 	for name := range d.badChains {
 		names = append(names, name)
@@ -66,13 +67,13 @@ func (t *Target) adopt() (*adoption, error) {
 	}
 	for _, name := range d.orphanChains {
 		ch := &nftables.Chain{Table: t.o.table, Name: name}
-		a.post.add(1, "delete chain inet "+TableName+" "+name, func(c *nftables.Conn) error { c.DelChain(ch); return nil })
-		a.post.endUnit()
+		a.postChains.add(1, "delete chain inet "+TableName+" "+name, func(c *nftables.Conn) error { c.DelChain(ch); return nil })
+		a.postChains.endUnit()
 	}
 	for _, name := range d.orphanSets {
 		s := &nftables.Set{Table: t.o.table, Name: name}
-		a.post.add(1, "delete set inet "+TableName+" "+name, func(c *nftables.Conn) error { c.DelSet(s); return nil })
-		a.post.endUnit()
+		a.postSets.add(1, "delete set inet "+TableName+" "+name, func(c *nftables.Conn) error { c.DelSet(s); return nil })
+		a.postSets.endUnit()
 	}
 	if n := len(d.services); n > 0 {
 		t.log.Info("nft: adopted existing table", "services", n,

@@ -212,9 +212,17 @@ func (t *Target) set(ctx context.Context, want []Service) error {
 		}
 		return fmt.Errorf("nft: %w", err)
 	}
-	p.append(diffPlan(t.o, &t.refs, changes, idle))
+	// Chains this version did not write go once no dispatch entry names
+	// them, and before the slot maps no service uses any more, which one of
+	// them might use; sets this version did not write go last.
+	changed, unused := changePlan(t.o, &t.refs, changes, idle)
+	p.append(changed)
 	if a != nil {
-		p.append(a.post)
+		p.append(a.postChains)
+	}
+	p.append(deleteUnused(t.o, &t.refs, unused))
+	if a != nil {
+		p.append(a.postSets)
 	}
 	if err := t.run(ctx, p); err != nil {
 		t.cur, t.refs.delta = nil, nil

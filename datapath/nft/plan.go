@@ -202,6 +202,14 @@ func (r *objectRefs) commit() {
 // idle are objects the kernel holds that nothing used before the plan: they
 // go too unless a change takes them up.
 func diffPlan(o *objects, refs *objectRefs, changes []change, idle []string) *plan {
+	p, unused := changePlan(o, refs, changes, idle)
+	p.append(deleteUnused(o, refs, unused))
+	return p
+}
+
+// changePlan is diffPlan without the deletions: it returns the objects that
+// may have no user left, for deleteUnused.
+func changePlan(o *objects, refs *objectRefs, changes []change, idle []string) (*plan, []string) {
 	p := &plan{steps: make([]step, 0, 5*len(changes))}
 	unused := slices.Clone(idle)
 	release := func(name string) {
@@ -246,7 +254,13 @@ func diffPlan(o *objects, refs *objectRefs, changes []change, idle []string) *pl
 		}
 		p.endUnit()
 	}
-	// Chains go before the slot maps their rules use.
+	return p, unused
+}
+
+// deleteUnused deletes the objects of unused that have no user left:
+// chains before the slot maps their rules use.
+func deleteUnused(o *objects, refs *objectRefs, unused []string) *plan {
+	p := &plan{}
 	isSet := func(name string) int {
 		if strings.HasPrefix(name, slotSetPrefix) {
 			return 1

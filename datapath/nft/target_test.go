@@ -273,6 +273,11 @@ func TestAdopt(t *testing.T) {
 		params := pickParams{scheduler: Hash, size: 13, slots: slotSetName(false, idle)}
 		addSlotSet(p, o, params.slots)
 		addPickChain(p, o, hashChainName(false, idle, 13, false), params)
+		// A chain of a name this version does not write that uses the
+		// unused slot map: the map can go only after the chain.
+		foreign := &nftables.Chain{Table: o.table, Name: "vip_198_51_100_2_tcp_80"}
+		p.add(1, "add chain", func(c *nftables.Conn) error { c.AddChain(foreign); return nil })
+		addPickRule(p, o, foreign, params)
 		if err := newTarget(t, Options{NetNS: fd}).run(t.Context(), p); err != nil {
 			t.Fatal(err)
 		}
