@@ -207,9 +207,6 @@ func (t *Target) set(ctx context.Context, want []Service) error {
 	changes, next, err := diff(cur, want, foreign)
 	if err != nil {
 		t.refs.delta = nil
-		if a != nil {
-			t.cur = nil
-		}
 		return fmt.Errorf("nft: %w", err)
 	}
 	// Chains this version did not write go once no dispatch entry names
