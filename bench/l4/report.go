@@ -183,7 +183,7 @@ func (r *report) cold(p func(string, ...any)) {
 	p("## Cold programming (empty router namespace → all VIPs programmed)")
 	p("")
 	p("nft: the daemon's first apply, split into where its time went: the nft `Set`, the VIP addresses on `lo` " +
-		"(datapath/addr, one netlink request each), the store's save of every VIP, and the rest (compile, with " +
+		"(datapath/addr, 256 netlink requests to a write), the store's save of every VIP, and the rest (compile, with " +
 		"its Maglev tables, and the reconciler's own work). iptables: rendering the restore text, then " +
 		"`iptables-nft-restore` until it returns.")
 	p("")
