@@ -1,24 +1,20 @@
+//go:build report
+
 package maglev
 
 import (
-	"flag"
 	"fmt"
 	"slices"
 	"strings"
 	"testing"
 )
 
-var report = flag.Bool("report", false, "print the measurements for docs/maglev.md")
-
-// TestReport prints the markdown tables in docs/maglev.md:
+// TestReport prints the markdown tables in docs/maglev.md. It is built only
+// with the report tag, since it asserts nothing (the guarantees are asserted
+// in maglev_test.go):
 //
-//	go test ./control/maglev/ -run TestReport -report -v
-//
-// It asserts nothing; the guarantees are asserted in maglev_test.go.
+//	go test -tags report ./control/maglev/ -run TestReport -v
 func TestReport(t *testing.T) {
-	if !*report {
-		t.Skip("run with -report")
-	}
 	ns := []int{2, 3, 4, 8, 16, 64, 256}
 	ks := []int{8, 16, 32, 64, 128}
 
