@@ -26,70 +26,68 @@ type ingestResult struct {
 
 var bulkRange = netip.MustParsePrefix("100.64.0.0/10")
 
-func ingest(ctx context.Context, log *slog.Logger, r router, n int) (res ingestResult) {
-	res.router = r.name()
+// inLab runs f in a fresh lab and deletes the lab after.
+func inLab(ctx context.Context, f func(*lab) error) error {
 	l, err := upLab(ctx)
 	if err != nil {
-		res.err = err
-		return res
+		return err
 	}
-	defer func() { res.err = errors.Join(res.err, l.down()) }()
+	return errors.Join(f(l), l.down())
+}
+
+func ingest(ctx context.Context, log *slog.Logger, r router, n int) ingestResult {
+	res := ingestResult{router: r.name()}
+	res.err = inLab(ctx, func(l *lab) error { return res.measure(ctx, log, l, r, n) })
+	return res
+}
+
+func (res *ingestResult) measure(ctx context.Context, log *slog.Logger, l *lab, r router, n int) error {
 	feed, err := l.startBird(ctx, "feed", speakerConf(feedAddr, routerFeed, n, false, false, true))
 	if err != nil {
-		res.err = err
-		return res
+		return err
 	}
 	if err := poll(ctx, 5*time.Minute, func() (bool, error) {
 		c, err := feed.routes(ctx)
 		return c == n, err
 	}); err != nil {
-		res.err = fmt.Errorf("feeder loading %d routes: %w", n, err)
-		return res
+		return fmt.Errorf("feeder loading %d routes: %w", n, err)
 	}
 	p, err := r.start(ctx, l, false)
 	if err != nil {
-		res.err = err
-		return res
+		return err
 	}
 	f, err := watchFIB("/var/run/netns/"+l.Namespace("router"), bulkRange.Overlaps)
 	if err != nil {
-		res.err = err
-		return res
+		return err
 	}
 	defer f.close()
 	if res.rssBefore, _, err = memory(p.PID()); err != nil {
-		res.err = err
-		return res
+		return err
 	}
 	log.Info("enabling the feeder's session", "router", r.name())
 	start := time.Now()
 	if _, err := feed.birdc(ctx, "enable", "uplink"); err != nil {
-		res.err = err
-		return res
+		return err
 	}
 	end, err := f.wait(ctx, 15*time.Minute, func(h map[netip.Prefix]int) bool { return len(h) == n })
 	if err != nil {
-		res.err = fmt.Errorf("%d prefixes in the FIB: %w", n, err)
-		return res
+		return fmt.Errorf("%d prefixes in the FIB: %w", n, err)
 	}
 	res.in = end.Sub(start)
 	if res.rss, res.peak, err = memory(p.PID()); err != nil {
-		res.err = err
-		return res
+		return err
 	}
 	log.Info("all in; disabling the feeder's session", "router", r.name(), "took", res.in)
 	start = time.Now()
 	if _, err := feed.birdc(ctx, "disable", "uplink"); err != nil {
-		res.err = err
-		return res
+		return err
 	}
 	end, err = f.wait(ctx, 15*time.Minute, func(h map[netip.Prefix]int) bool { return len(h) == 0 })
 	if err != nil {
-		res.err = fmt.Errorf("prefixes gone from the FIB: %w", err)
-		return res
+		return fmt.Errorf("prefixes gone from the FIB: %w", err)
 	}
 	res.out = end.Sub(start)
-	return res
+	return nil
 }
 
 // memory returns a process's VmRSS and VmHWM in bytes.
@@ -138,31 +136,26 @@ const silence = `table inet silence {
 }
 `
 
-func failover(ctx context.Context, log *slog.Logger, r router, trials int) (res failoverResult) {
-	res.router = r.name()
-	l, err := upLab(ctx)
-	if err != nil {
-		res.err = err
-		return res
-	}
-	defer func() { res.err = errors.Join(res.err, l.down()) }()
+func failover(ctx context.Context, log *slog.Logger, r router, trials int) failoverResult {
+	res := failoverResult{router: r.name()}
+	res.err = inLab(ctx, func(l *lab) error { return res.measure(ctx, log, l, r, trials) })
+	return res
+}
+
+func (res *failoverResult) measure(ctx context.Context, log *slog.Logger, l *lab, r router, trials int) error {
 	if _, err := l.startBird(ctx, "feed", speakerConf(feedAddr, routerFeed, 0, true, true, false)); err != nil {
-		res.err = err
-		return res
+		return err
 	}
 	node2, err := l.startBird(ctx, "node2", speakerConf(node2Addr, routerNode2, 0, true, true, false))
 	if err != nil {
-		res.err = err
-		return res
+		return err
 	}
 	if _, err := r.start(ctx, l, true); err != nil {
-		res.err = err
-		return res
+		return err
 	}
 	f, err := watchFIB("/var/run/netns/"+l.Namespace("router"), func(p netip.Prefix) bool { return p == vipPrefix })
 	if err != nil {
-		res.err = err
-		return res
+		return err
 	}
 	defer f.close()
 	hops := func(n int) func(map[netip.Prefix]int) bool {
@@ -170,19 +163,16 @@ func failover(ctx context.Context, log *slog.Logger, r router, trials int) (res 
 	}
 	rules := l.dir + "/silence.nft"
 	if err := os.WriteFile(rules, []byte(silence), 0o644); err != nil {
-		res.err = err
-		return res
+		return err
 	}
 	for i := range trials {
 		// A trial starts with both next hops in and node2's BFD session up,
 		// so that it measures BFD rather than the hold timer.
 		if _, err := f.wait(ctx, 2*time.Minute, hops(2)); err != nil {
-			res.err = fmt.Errorf("trial %d: two next hops: %w", i+1, err)
-			return res
+			return fmt.Errorf("trial %d: two next hops: %w", i+1, err)
 		}
 		if err := poll(ctx, time.Minute, func() (bool, error) { return node2.bfdUp(ctx, routerNode2) }); err != nil {
-			res.err = fmt.Errorf("trial %d: node2's BFD session up: %w", i+1, err)
-			return res
+			return fmt.Errorf("trial %d: node2's BFD session up: %w", i+1, err)
 		}
 		// step runs argv on node2 and returns how long until the VIP has n
 		// next hops, counted from just before the command.
@@ -199,17 +189,15 @@ func failover(ctx context.Context, log *slog.Logger, r router, trials int) (res 
 		}
 		detect, err := step("node2's next hop leaving", 1, "nft", "-f", rules)
 		if err != nil {
-			res.err = err
-			return res
+			return err
 		}
 		res.detect = append(res.detect, detect)
 		back, err := step("node2's next hop back", 2, "nft", "delete", "table", "inet", "silence")
 		if err != nil {
-			res.err = err
-			return res
+			return err
 		}
 		res.recover = append(res.recover, back)
 		log.Info("failover trial", "router", r.name(), "trial", i+1, "detect", res.detect[i], "recover", res.recover[i])
 	}
-	return res
+	return nil
 }
