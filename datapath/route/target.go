@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -34,7 +35,8 @@ type Options struct {
 // driven by one goroutine.
 type Target struct {
 	h     *netlink.Handle
-	b     batcher // sends the changes
+	s     *nl.NetlinkSocket // b's
+	b     *batcher          // sends the changes
 	table int
 	proto netlink.RouteProtocol
 	log   *slog.Logger
@@ -71,21 +73,24 @@ func NewTarget(opt Options) (*Target, error) {
 		return nil, fmt.Errorf("route: open netlink: %w", err)
 	}
 	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
-	if err == nil {
-		// Never wait forever for the kernel's answers.
-		err = s.SetReceiveTimeout(&unix.Timeval{Sec: 30})
-	}
 	if err != nil {
 		h.Close()
 		return nil, fmt.Errorf("route: open netlink: %w", err)
 	}
-	return &Target{h: h, b: batcher{s}, table: opt.Table, proto: netlink.RouteProtocol(opt.Protocol), log: opt.Log}, nil
+	// Never wait forever for the kernel's answers.
+	b, err := newBatcher(s.GetFd(), 30*time.Second)
+	if err != nil {
+		h.Close()
+		s.Close()
+		return nil, err
+	}
+	return &Target{h: h, s: s, b: b, table: opt.Table, proto: netlink.RouteProtocol(opt.Protocol), log: opt.Log}, nil
 }
 
 // Close releases the netlink sockets; the routes stay.
 func (t *Target) Close() {
 	t.h.Close()
-	t.b.s.Close()
+	t.s.Close()
 }
 
 // Resync makes the next Set read the kernel rather than trust what the
@@ -129,6 +134,7 @@ func (t *Target) Set(ctx context.Context, routes []Route) error {
 		t.have = nil
 		errs = append(errs, err)
 	}
+	debug := t.log.Enabled(ctx, slog.LevelDebug)
 	for i, err := range answers {
 		c := changes[i]
 		if c.op == opDelete && errors.Is(err, unix.ESRCH) {
@@ -138,7 +144,9 @@ func (t *Target) Set(ctx context.Context, routes []Route) error {
 			errs = append(errs, fmt.Errorf("route: %s %s: %w", c.op, c.route, t.explain(c, err)))
 			continue
 		}
-		t.log.Debug("route changed", "op", c.op, "route", c.route.String())
+		if debug {
+			t.log.Debug("route changed", "op", c.op, "route", c.route.String())
+		}
 		switch {
 		case t.have == nil:
 		case c.op == opDelete:
