@@ -44,28 +44,34 @@ func (r Route) String() string {
 	return b.String()
 }
 
-// desired checks routes and returns the next hops wanted for each prefix,
-// sorted by address with weights filled in, and the prefixes of the routes
-// it refused: nothing is sent for those, so whatever route of ours the
-// kernel holds for them stays as it is.
-func desired(routes []Route) (want map[netip.Prefix][]NextHop, held map[netip.Prefix]bool, err error) {
-	want = map[netip.Prefix][]NextHop{}
+// desired checks routes and returns the routes wanted, sorted by prefix
+// (netip.Prefix.Compare), with next hops sorted by address and weights
+// filled in, and the prefixes of the routes it refused: nothing is sent for
+// those, so whatever route of ours the kernel holds for them stays as it is.
+// Next hops that need no change are not copied: want shares them with
+// routes.
+func desired(routes []Route) (want []Route, held map[netip.Prefix]bool, err error) {
+	if !slices.IsSortedFunc(routes, byPrefix) {
+		routes = slices.Clone(routes)
+		slices.SortStableFunc(routes, byPrefix)
+	}
+	want = make([]Route, 0, len(routes))
 	held = map[netip.Prefix]bool{}
-	seen := map[netip.Prefix]bool{}
 	var errs []error
-	for _, r := range routes {
+	for i, r := range routes {
 		if !r.Prefix.IsValid() {
 			errs = append(errs, fmt.Errorf("route: %s: invalid prefix", r))
 			continue
 		}
 		p := r.Prefix.Masked()
-		if seen[p] {
+		if i > 0 && routes[i-1].Prefix == r.Prefix {
+			continue // refused below, with the first of them
+		}
+		if i+1 < len(routes) && routes[i+1].Prefix == r.Prefix {
 			errs = append(errs, fmt.Errorf("route: %s: prefix given twice", p))
 			held[p] = true
-			delete(want, p)
 			continue
 		}
-		seen[p] = true
 		hops, err := nextHops(r)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("route: %s: %w", r, err))
@@ -73,11 +79,18 @@ func desired(routes []Route) (want map[netip.Prefix][]NextHop, held map[netip.Pr
 			continue
 		}
 		if len(hops) > 0 {
-			want[p] = hops
+			want = append(want, Route{p, hops})
 		}
+	}
+	if len(held) > 0 {
+		// A prefix with host bits set is held under its masked form, which
+		// another route may name too.
+		want = slices.DeleteFunc(want, func(r Route) bool { return held[r.Prefix] })
 	}
 	return want, held, errors.Join(errs...)
 }
+
+func byPrefix(a, b Route) int { return a.Prefix.Compare(b.Prefix) }
 
 // nextHops checks the next hops of r and returns them sorted, with weights
 // filled in.
@@ -85,7 +98,8 @@ func nextHops(r Route) ([]NextHop, error) {
 	if r.Prefix != r.Prefix.Masked() {
 		return nil, fmt.Errorf("host bits set (the prefix is %s)", r.Prefix.Masked())
 	}
-	hops := slices.Clone(r.NextHops)
+	hops := r.NextHops
+	cloned := false
 	for i, nh := range hops {
 		switch {
 		case !nh.Addr.IsValid():
@@ -95,11 +109,20 @@ func nextHops(r Route) ([]NextHop, error) {
 			return nil, fmt.Errorf("next hop %s is not of the prefix's family", nh.Addr)
 		case nh.Weight < 0 || nh.Weight > 256:
 			return nil, fmt.Errorf("next hop %s: weight %d out of 1..256", nh.Addr, nh.Weight)
-		case nh.Weight == 0 || len(hops) == 1:
+		case nh.Weight != 1 && (nh.Weight == 0 || len(hops) == 1):
+			if !cloned {
+				hops, cloned = slices.Clone(hops), true
+			}
 			hops[i].Weight = 1
 		}
 	}
-	slices.SortFunc(hops, func(a, b NextHop) int { return a.Addr.Compare(b.Addr) })
+	byAddr := func(a, b NextHop) int { return a.Addr.Compare(b.Addr) }
+	if !slices.IsSortedFunc(hops, byAddr) {
+		if !cloned {
+			hops = slices.Clone(hops)
+		}
+		slices.SortFunc(hops, byAddr)
+	}
 	for i := 1; i < len(hops); i++ {
 		if hops[i].Addr == hops[i-1].Addr {
 			return nil, fmt.Errorf("next hop %s given twice", hops[i].Addr)
@@ -122,27 +145,73 @@ type change struct {
 	route Route // for a delete, the route as it was
 }
 
-// diff returns the changes that turn have into want, leaving the held
-// prefixes alone: adds and replaces first, then deletes, so that a prefix
-// moving to a wider one never leaves a gap; each group sorted by prefix.
-func diff(have, want map[netip.Prefix][]NextHop, held map[netip.Prefix]bool) []change {
+// diff returns the changes that turn have into want, both sorted by
+// prefix, leaving the held prefixes alone: adds and replaces first, then
+// deletes, so that a prefix moving to a wider one never leaves a gap; each
+// group sorted by prefix.
+func diff(have, want []Route, held map[netip.Prefix]bool) []change {
 	var set, del []change
-	for p, hops := range want {
-		old, ok := have[p]
-		switch {
-		case !ok:
-			set = append(set, change{opAdd, Route{p, hops}})
-		case !slices.Equal(old, hops):
-			set = append(set, change{opReplace, Route{p, hops}})
+	i, j := 0, 0
+	for i < len(have) || j < len(want) {
+		switch c := compareAt(have, want, i, j); {
+		case c < 0:
+			if !held[have[i].Prefix] {
+				del = append(del, change{opDelete, have[i]})
+			}
+			i++
+		case c > 0:
+			set = append(set, change{opAdd, want[j]})
+			j++
+		default:
+			if !slices.Equal(have[i].NextHops, want[j].NextHops) {
+				set = append(set, change{opReplace, want[j]})
+			}
+			i++
+			j++
 		}
 	}
-	for p, hops := range have {
-		if _, ok := want[p]; !ok && !held[p] {
-			del = append(del, change{opDelete, Route{p, hops}})
-		}
-	}
-	byPrefix := func(a, b change) int { return a.route.Prefix.Compare(b.route.Prefix) }
-	slices.SortFunc(set, byPrefix)
-	slices.SortFunc(del, byPrefix)
 	return append(set, del...)
+}
+
+// next returns what the kernel holds once the changes from have to want
+// are made, but for those to the prefixes in failed: have's route stays for
+// those, as for the held ones.
+func next(have, want []Route, held, failed map[netip.Prefix]bool) []Route {
+	out := make([]Route, 0, len(want)+len(held))
+	i, j := 0, 0
+	for i < len(have) || j < len(want) {
+		switch c := compareAt(have, want, i, j); {
+		case c < 0:
+			if p := have[i].Prefix; held[p] || failed[p] {
+				out = append(out, have[i])
+			}
+			i++
+		case c > 0:
+			if !failed[want[j].Prefix] {
+				out = append(out, want[j])
+			}
+			j++
+		default:
+			if failed[want[j].Prefix] {
+				out = append(out, have[i])
+			} else {
+				out = append(out, want[j])
+			}
+			i++
+			j++
+		}
+	}
+	return out
+}
+
+// compareAt compares the prefixes of have[i] and want[j], taking the end of
+// either list as greater than any prefix.
+func compareAt(have, want []Route, i, j int) int {
+	switch {
+	case i == len(have):
+		return 1
+	case j == len(want):
+		return -1
+	}
+	return have[i].Prefix.Compare(want[j].Prefix)
 }

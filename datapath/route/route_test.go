@@ -61,6 +61,12 @@ func TestDesired(t *testing.T) {
 		held:     []string{"203.0.113.0/24"},
 		wantErrs: []string{"203.0.113.10/24 via 10.0.1.2 weight 0: host bits set (the prefix is 203.0.113.0/24)"},
 	}, {
+		name:     "host bits, and the prefix again without them",
+		in:       []Route{r("203.0.113.0/24", "10.0.2.2"), r("203.0.113.10/24", "10.0.1.2"), r("203.0.113.11/32", "10.0.1.2")},
+		want:     []Route{r("203.0.113.11/32", "10.0.1.2*1")},
+		held:     []string{"203.0.113.0/24"},
+		wantErrs: []string{"host bits set"},
+	}, {
 		name:     "families",
 		in:       []Route{r("203.0.113.10/32", "10.0.1.2", "fd00:1::2"), r("2001:db8::10/128", "10.0.1.2"), r("203.0.113.11/32", "::ffff:10.0.1.2")},
 		held:     []string{"203.0.113.10/32", "203.0.113.11/32", "2001:db8::10/128"},
@@ -93,13 +99,8 @@ func TestDesired(t *testing.T) {
 			if !slices.EqualFunc(tt.in, input, func(a, b Route) bool { return a.String() == b.String() }) {
 				t.Error("desired changed its input")
 			}
-			var got []Route
-			for p, hops := range want {
-				got = append(got, Route{p, hops})
-			}
-			slices.SortFunc(got, func(a, b Route) int { return a.Prefix.Compare(b.Prefix) })
-			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
-				t.Errorf("want = %v\n      want %v", got, tt.want)
+			if fmt.Sprint(want) != fmt.Sprint(tt.want) {
+				t.Errorf("want = %v\n      want %v", want, tt.want)
 			}
 			var gotHeld []string
 			for _, p := range slices.SortedFunc(maps.Keys(held), netip.Prefix.Compare) {
@@ -146,20 +147,16 @@ func TestDiff(t *testing.T) {
 		name: "nothing",
 		want: "delete 203.0.113.10/32 via 10.0.1.2, 10.0.2.2 weight 2\n",
 	}}
-	have := map[netip.Prefix][]NextHop{}
+	var have []Route
 	for _, s := range steps {
 		want, held, _ := desired(s.in)
 		var b strings.Builder
 		for _, c := range diff(have, want, held) {
 			fmt.Fprintf(&b, "%s %s\n", c.op, c.route)
-			if c.op == opDelete {
-				delete(have, c.route.Prefix)
-			} else {
-				have[c.route.Prefix] = c.route.NextHops
-			}
 		}
 		if got := b.String(); got != s.want {
 			t.Errorf("%s: changes\n%s\nwant\n%s", s.name, got, s.want)
 		}
+		have = next(have, want, held, nil)
 	}
 }

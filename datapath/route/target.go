@@ -40,9 +40,9 @@ type Target struct {
 	table int
 	proto netlink.RouteProtocol
 	log   *slog.Logger
-	// have is what the kernel holds of ours as of the last Set; nil until
-	// read from the kernel.
-	have map[netip.Prefix][]NextHop
+	// have is what the kernel holds of ours as of the last Set, sorted by
+	// prefix; nil until read from the kernel.
+	have []Route
 }
 
 // NewTarget opens a netlink handle in the namespace of opt.NetNS.
@@ -135,6 +135,7 @@ func (t *Target) Set(ctx context.Context, routes []Route) error {
 		errs = append(errs, err)
 	}
 	debug := t.log.Enabled(ctx, slog.LevelDebug)
+	failed := map[netip.Prefix]bool{}
 	for i, err := range answers {
 		c := changes[i]
 		if c.op == opDelete && errors.Is(err, unix.ESRCH) {
@@ -142,18 +143,15 @@ func (t *Target) Set(ctx context.Context, routes []Route) error {
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("route: %s %s: %w", c.op, c.route, t.explain(c, err)))
+			failed[c.route.Prefix] = true
 			continue
 		}
 		if debug {
 			t.log.Debug("route changed", "op", c.op, "route", c.route.String())
 		}
-		switch {
-		case t.have == nil:
-		case c.op == opDelete:
-			delete(t.have, c.route.Prefix)
-		default:
-			t.have[c.route.Prefix] = c.route.NextHops
-		}
+	}
+	if t.have != nil {
+		t.have = next(t.have, want, held, failed)
 	}
 	return errors.Join(errs...)
 }
@@ -161,16 +159,7 @@ func (t *Target) Set(ctx context.Context, routes []Route) error {
 // Dump reads the routes of our protocol in our table, sorted by prefix,
 // their next hops sorted by address.
 func (t *Target) Dump(ctx context.Context) ([]Route, error) {
-	have, err := t.read(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]Route, 0, len(have))
-	for p, hops := range have {
-		out = append(out, Route{p, hops})
-	}
-	slices.SortFunc(out, func(a, b Route) int { return a.Prefix.Compare(b.Prefix) })
-	return out, nil
+	return t.read(ctx)
 }
 
 func (t *Target) explain(c change, err error) error {
@@ -215,11 +204,12 @@ func (t *Target) offLink(hops []NextHop) []string {
 	return out
 }
 
-// read returns the next hops of each route of ours in the kernel. An IPv6
+// read returns the routes of ours in the kernel, sorted by prefix, their
+// next hops sorted by address. An IPv6
 // multipath route is a set of sibling routes in the kernel; current kernels
 // dump it as one message with RTA_MULTIPATH, older ones as one route per
 // sibling, which read merges.
-func (t *Target) read(ctx context.Context) (map[netip.Prefix][]NextHop, error) {
+func (t *Target) read(ctx context.Context) ([]Route, error) {
 	filter := &netlink.Route{Table: t.table, Protocol: t.proto}
 	var list []netlink.Route
 	var err error
@@ -255,10 +245,13 @@ func (t *Target) read(ctx context.Context) (map[netip.Prefix][]NextHop, error) {
 		}
 		have[p] = hops
 	}
-	for _, hops := range have {
+	out := make([]Route, 0, len(have))
+	for p, hops := range have {
 		slices.SortFunc(hops, func(a, b NextHop) int { return a.Addr.Compare(b.Addr) })
+		out = append(out, Route{p, hops})
 	}
-	return have, nil
+	slices.SortFunc(out, byPrefix)
+	return out, nil
 }
 
 func ipNet(p netip.Prefix) *net.IPNet {
