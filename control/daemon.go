@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"sync"
 	"time"
 
@@ -37,10 +36,12 @@ type Daemon struct {
 	// 0 means DefaultResync.
 	Resync time.Duration
 
-	// Learned reads the routes the BGP speaker accepts now; nil on an
-	// appliance without BGP.
+	// Learned reads the routes the BGP speaker accepts now, sorted by
+	// prefix; nil on an appliance without BGP. The daemon does not change
+	// what it returns.
 	Learned func() []bgp.Learned
-	// StaleRoutes are the routes the last run installed. For StaleFor
+	// StaleRoutes are the routes the last run installed, sorted by prefix
+	// (route.Target.Dump reads them from the kernel). For StaleFor
 	// after start each of them stays while no node announces its prefix
 	// again, so that a daemon restart does not pull routes from the kernel
 	// while the BGP sessions come back.
@@ -96,20 +97,22 @@ func (d *Daemon) takeEvents() ([]health.Event, bool) {
 
 // learnedRoutes is what the speaker accepts now, plus, while stale is
 // true, the last run's routes for prefixes no node has announced again.
+// Both lists are sorted by prefix, and so is the result.
 func (d *Daemon) learnedRoutes(stale bool) []bgp.Learned {
-	var out []bgp.Learned
+	var live []bgp.Learned
 	if d.Learned != nil {
-		out = d.Learned()
+		live = d.Learned()
 	}
-	if !stale {
-		return out
+	if !stale || len(d.StaleRoutes) == 0 {
+		return live
 	}
-	live := map[netip.Prefix]bool{}
-	for _, l := range out {
-		live[l.Prefix] = true
-	}
+	out := make([]bgp.Learned, 0, len(live)+len(d.StaleRoutes))
+	i := 0
 	for _, r := range d.StaleRoutes {
-		if live[r.Prefix] {
+		for ; i < len(live) && live[i].Prefix.Compare(r.Prefix) < 0; i++ {
+			out = append(out, live[i])
+		}
+		if i < len(live) && live[i].Prefix == r.Prefix {
 			continue
 		}
 		l := bgp.Learned{Prefix: r.Prefix}
@@ -118,7 +121,7 @@ func (d *Daemon) learnedRoutes(stale bool) []bgp.Learned {
 		}
 		out = append(out, l)
 	}
-	return out
+	return append(out, live[i:]...)
 }
 
 // Run applies cfg, then serves until ctx ends: new configurations from

@@ -13,9 +13,11 @@ import (
 	"time"
 
 	"portico.dev/appliance/control"
+	"portico.dev/appliance/control/bgp"
 	"portico.dev/appliance/control/config"
 	"portico.dev/appliance/control/health"
 	"portico.dev/appliance/datapath/nft"
+	"portico.dev/appliance/datapath/route"
 )
 
 // running is a Daemon started in a synctest bubble with fakes.
@@ -384,3 +386,58 @@ vips:
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// TestDaemonStaleRoutes starts a daemon with the routes a last run left in
+// the kernel: each stays, merged in prefix order with what the speaker
+// learns, until a node announces its prefix again or StaleFor ends.
+func TestDaemonStaleRoutes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := &world{}
+		rec := control.NewReconciler(control.Targets{L4: fakeL4{w}, Addresses: fakeAddrs{w}, Routes: fakeRoutes{w}}, fakeStore{w}, discard())
+		learned := func(prefix string, hops ...string) bgp.Learned {
+			l := bgp.Learned{Prefix: netip.MustParsePrefix(prefix)}
+			for _, h := range hops {
+				l.NextHops = append(l.NextHops, netip.MustParseAddr(h))
+			}
+			return l
+		}
+		stale := func(prefix, hop string) route.Route {
+			return route.Route{Prefix: netip.MustParsePrefix(prefix), NextHops: []route.NextHop{{Addr: netip.MustParseAddr(hop), Weight: 1}}}
+		}
+		d := &control.Daemon{
+			Reconciler: rec, Health: &fakeHealth{}, Log: discard(), Resync: time.Hour,
+			Learned: func() []bgp.Learned {
+				return []bgp.Learned{learned("100.64.1.0/24", "10.0.1.2", "10.0.2.2"), learned("100.64.3.0/24", "10.0.2.2")}
+			},
+			StaleRoutes: []route.Route{stale("100.64.0.0/24", "10.0.1.2"), stale("100.64.1.0/24", "10.0.1.2"), stale("100.64.2.0/24", "10.0.1.2"), stale("100.64.9.0/24", "10.0.1.2")},
+			StaleFor:    10 * time.Second,
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- d.Run(ctx, parse(t, ""), nil, nil) }()
+		synctest.Wait()
+		routeSets := func() []string {
+			var out []string
+			for _, c := range w.takeCalls() {
+				if s, ok := strings.CutPrefix(c, "routes.Set"); ok {
+					out = append(out, strings.TrimSpace(s))
+				}
+			}
+			return out
+		}
+		want := []string{"100.64.0.0/24 via 10.0.1.2; 100.64.1.0/24 via 10.0.1.2, 10.0.2.2; 100.64.2.0/24 via 10.0.1.2; 100.64.3.0/24 via 10.0.2.2; 100.64.9.0/24 via 10.0.1.2"}
+		if got := routeSets(); !slices.Equal(got, want) {
+			t.Errorf("routes at start:\n%q\nwant\n%q", got, want)
+		}
+		time.Sleep(10 * time.Second)
+		synctest.Wait()
+		want = []string{"100.64.1.0/24 via 10.0.1.2, 10.0.2.2; 100.64.3.0/24 via 10.0.2.2"}
+		if got := routeSets(); !slices.Equal(got, want) {
+			t.Errorf("routes once StaleFor is over:\n%q\nwant\n%q", got, want)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	})
+}

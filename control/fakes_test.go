@@ -17,6 +17,7 @@ import (
 	"portico.dev/appliance/control/config"
 	"portico.dev/appliance/control/health"
 	"portico.dev/appliance/datapath/nft"
+	"portico.dev/appliance/datapath/route"
 )
 
 // world is an in-memory datapath: the services the L4 target holds, the
@@ -260,3 +261,19 @@ func compile(t *testing.T, c *config.Config, state map[string]bool) control.Desi
 }
 
 func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// fakeRoutes records the routes of every Set.
+type fakeRoutes struct{ w *world }
+
+func (f fakeRoutes) Set(_ context.Context, routes []route.Route) error {
+	w := f.w
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var s []string
+	for _, r := range routes {
+		s = append(s, r.String())
+	}
+	return w.call("routes.Set", strings.Join(s, "; "))
+}
+
+func (f fakeRoutes) Resync() {}

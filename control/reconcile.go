@@ -63,9 +63,9 @@ type Targets struct {
 	BGP       BGPTarget
 }
 
-// AppliedStore keeps the last applied Desired across restarts, in parts
-// (one per VIP, and the rest), so that a change writes only what changed:
-// the whole of 10,000 VIPs is 20 MB of JSON.
+// AppliedStore keeps the last applied Desired but its routes across
+// restarts, in parts (one per VIP, and the rest), so that a change writes
+// only what changed: the whole of 10,000 VIPs is 20 MB of JSON.
 type AppliedStore interface {
 	// SaveApplied changes the stored parts in one transaction, durable
 	// when it returns: each part of put is stored under its key, each key
@@ -190,11 +190,15 @@ func (r *Reconciler) servicesFor(d Desired) []nft.Service {
 	return out
 }
 
-// Parts of the stored state: one per VIP, and the rest.
+// Parts of the stored state: one per VIP, and the BGP configuration. The
+// routes learned from BGP are not stored: they are the kernel's, which keeps
+// them across a restart of the daemon (route.Target.Dump reads them), and
+// rewriting 100,000 of them on every change cost more than installing them.
+// Versions before that stored them under partRoutes.
 const (
 	partVIP    = "vip/"
-	partRoutes = "routes"
 	partBGP    = "bgp"
+	partRoutes = "routes"
 )
 
 // save writes what differs between d and the stored state.
@@ -242,11 +246,6 @@ func (r *Reconciler) save(d Desired) error {
 			}
 			i++
 			j++
-		}
-	}
-	if r.saved == nil || !sameRoutes(old.Routes, d.Routes) {
-		if err := encode(partRoutes, d.Routes); err != nil {
-			return err
 		}
 	}
 	if r.saved == nil || !sameBGP(old.BGP, d.BGP) {
@@ -308,7 +307,7 @@ func (r *Reconciler) Resync() {
 const legacyPart = "desired_state"
 
 // DecodeApplied reads a Desired saved by Apply, from the parts the store
-// holds.
+// holds. It has no Routes: they are not stored.
 func DecodeApplied(parts map[string][]byte) (Desired, error) {
 	var d Desired
 	if data, ok := parts[legacyPart]; ok {
@@ -326,7 +325,6 @@ func DecodeApplied(parts map[string][]byte) (Desired, error) {
 				d.VIPs = append(d.VIPs, v)
 			}
 		case key == partRoutes:
-			err = json.Unmarshal(data, &d.Routes)
 		case key == partBGP:
 			err = json.Unmarshal(data, &d.BGP)
 		default:
@@ -337,5 +335,6 @@ func DecodeApplied(parts map[string][]byte) (Desired, error) {
 		}
 	}
 	slices.SortFunc(d.VIPs, func(a, b VIP) int { return a.Key.Compare(b.Key) })
+	d.Routes = nil // of an earlier version; the kernel is their record
 	return d, nil
 }

@@ -35,7 +35,7 @@ func TestReconcilerSequence(t *testing.T) {
 addrs.Set 203.0.113.10
 l4.Set 203.0.113.10:80/tcp
 addrs.Set 203.0.113.10
-store.Save put bgp routes vip/203.0.113.10:80/tcp replace`,
+store.Save put bgp vip/203.0.113.10:80/tcp replace`,
 		},
 		{
 			name: "move to another address",
@@ -285,7 +285,7 @@ func TestDecodeApplied(t *testing.T) {
 	}
 	for _, bad := range []map[string]string{
 		{"desired_state": ""}, {"desired_state": "{"}, {"desired_state": `{"vips": 3}`},
-		{"vip/x": `{"slots": ["nope"]}`}, {"routes": "{"}, {"bgp": "[]"}, {"what": "{}"},
+		{"vip/x": `{"slots": ["nope"]}`}, {"bgp": "[]"}, {"what": "{}"},
 	} {
 		parts := map[string][]byte{}
 		for k, v := range bad {
@@ -293,6 +293,20 @@ func TestDecodeApplied(t *testing.T) {
 		}
 		if _, err := control.DecodeApplied(parts); err == nil || !strings.HasPrefix(err.Error(), "decode applied state: ") {
 			t.Errorf("DecodeApplied(%q) = %v", bad, err)
+		}
+	}
+}
+
+// TestDecodeAppliedRoutes reads the parts of a version that stored the
+// learned routes too: they are left to the kernel, which holds them.
+func TestDecodeAppliedRoutes(t *testing.T) {
+	for _, parts := range []map[string][]byte{
+		{"routes": []byte(`[{"Prefix":"100.64.0.0/24","NextHops":[{"Addr":"10.0.1.2","Weight":1}]}]`), "bgp": []byte(`{}`)},
+		{"desired_state": []byte(`{"vips":[],"routes":[{"Prefix":"100.64.0.0/24","NextHops":[{"Addr":"10.0.1.2","Weight":1}]}]}`)},
+	} {
+		d, err := control.DecodeApplied(parts)
+		if err != nil || d.Routes != nil {
+			t.Errorf("DecodeApplied(%q) = routes %v, %v; want no routes, no error", parts, d.Routes, err)
 		}
 	}
 }

@@ -102,6 +102,13 @@ func run(ctx context.Context, log *slog.Logger, path string, cfg *config.Config,
 	d.Learned = speaker.Routes
 	rec := control.NewReconciler(control.Targets{L4: l4, Addresses: addrs, Routes: routes, BGP: speaker}, st, log.With("component", "reconcile"))
 	d.Reconciler = rec
+	// The routes the last run installed are in the kernel still: they stay
+	// there while the sessions come back.
+	stale, err := routes.Dump(ctx)
+	if err != nil {
+		return err
+	}
+	d.StaleRoutes, d.StaleFor = stale, staleFor(cfg.BGP)
 	seed := map[string]bool{}
 	if b, err := st.LoadApplied(); err == nil {
 		// Re-apply the last state before anything else, so that a restart
@@ -111,13 +118,12 @@ func run(ctx context.Context, log *slog.Logger, path string, cfg *config.Config,
 		if err != nil {
 			return err
 		}
+		last.Routes = stale
 		addrs.Adopt(last.Addresses())
 		if err := rec.Apply(ctx, last); err != nil {
 			log.Error("re-applying the last state failed", "err", err)
 		}
 		seed = last.Health()
-		d.StaleRoutes = last.Routes
-		d.StaleFor = staleFor(cfg.BGP)
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -37,7 +38,6 @@ type owner struct {
 
 	// What Routes returns, kept up to date one prefix at a time (see rib.go).
 	learned map[netip.Prefix]Learned
-	routes  []Learned             // learned, sorted by prefix; never changed in place
 	dirty   map[netip.Prefix]bool // prefixes whose paths changed since the last relearn
 
 	// What gobgp last listed of its peers, when, and a timer that lists them again
@@ -397,9 +397,9 @@ func (o *owner) noteState(ps *peerState, st *apiutil.PeerState) {
 // refresh reads from gobgp the state of every peer, learns again the prefixes whose
 // paths changed, and publishes Routes and Neighbors.
 func (o *owner) refresh(ctx context.Context, list bool) {
-	routesChanged := o.relearn()
+	changes := o.relearn()
 	if o.srv == nil {
-		o.publish(routesChanged, nil)
+		o.publish(changes, nil)
 		return
 	}
 	// Route updates alone change only counters that gobgp lists: while they come in
@@ -408,7 +408,7 @@ func (o *owner) refresh(ctx context.Context, list bool) {
 		if o.relist == nil {
 			o.relist = time.NewTimer(wait)
 		}
-		o.publish(routesChanged, o.neighbors(o.states))
+		o.publish(changes, o.neighbors(o.states))
 		return
 	}
 	if o.relist != nil {
@@ -433,7 +433,7 @@ func (o *owner) refresh(ctx context.Context, list bool) {
 				"peer", ps.Name, "max-prefixes", ps.MaxPrefixes)
 		}
 	}
-	o.publish(routesChanged, o.neighbors(states))
+	o.publish(changes, o.neighbors(states))
 }
 
 // relistC delivers when refresh owes a listing of gobgp's peers; nil when it
@@ -482,15 +482,18 @@ func (o *owner) neighbors(states map[netip.Addr]*api.Peer) []neighbor {
 	return out
 }
 
-// publish makes o.routes, if routesChanged, and neighbors what Routes and Neighbors
-// return, and calls onChange if that changes anything.
-func (o *owner) publish(routesChanged bool, neighbors []neighbor) {
+// publish hands the changes of routes since the last publish, and neighbors, to Routes
+// and Neighbors.
+func (o *owner) publish(changes map[netip.Prefix]Learned, neighbors []neighbor) {
 	s := o.s
 	s.mu.Lock()
-	changed := routesChanged || !slices.Equal(s.neighbors, neighbors)
-	if changed {
-		s.routes, s.neighbors = o.routes, neighbors
+	changed := len(changes) > 0 || !slices.Equal(s.neighbors, neighbors)
+	if s.pending == nil {
+		s.pending = changes
+	} else {
+		maps.Copy(s.pending, changes)
 	}
+	s.neighbors = neighbors
 	s.mu.Unlock()
 	if changed && s.onChange != nil {
 		s.onChange()

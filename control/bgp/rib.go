@@ -133,10 +133,11 @@ func (o *owner) refilter(ps *peerState) {
 }
 
 // relearn learns again each dirty prefix from the accepted paths of every node, and
-// reports whether that changed the routes.
-func (o *owner) relearn() bool {
+// returns the prefixes whose routes that changed: each with its next hops now, none if
+// it is no longer learned. nil if none changed.
+func (o *owner) relearn() map[netip.Prefix]Learned {
 	if len(o.dirty) == 0 {
-		return false
+		return nil
 	}
 	var nodes []*peerState
 	for _, ps := range o.peers {
@@ -168,10 +169,9 @@ func (o *owner) relearn() bool {
 	}
 	clear(o.dirty)
 	if len(changes) == 0 {
-		return false
+		return nil
 	}
-	o.routes = merge(o.routes, changes)
-	return true
+	return changes
 }
 
 // merge returns routes, sorted by prefix, with changes made: a Learned with next hops

@@ -73,8 +73,8 @@ func TestRIB(t *testing.T) {
 		{"node1's restart time ends", n1, state(bgp.BGP_FSM_IDLE, api.PeerState_DISCONNECT_REASON_RESTART_TIMER_EXPIRED), "", "0/0/0 0/0/0"},
 	} {
 		o.note(step.peer, step.ev)
-		o.relearn()
-		if got := routesString(o.routes); got != step.routes {
+		o.publish(o.relearn(), nil)
+		if got := routesString(o.s.Routes()); got != step.routes {
 			t.Errorf("%s: routes %s, want %s", step.name, got, step.routes)
 		}
 		counts := fmt.Sprintf("%d/%d/%d %d/%d/%d", len(n1.rib), n1.accepted, n1.stale, len(n2.rib), n2.accepted, n2.stale)
@@ -86,14 +86,14 @@ func TestRIB(t *testing.T) {
 	// A new accept list takes the refused path in.
 	o.note(n1, up1)
 	o.note(n1, event{paths: []*apiutil.Path{path("198.51.100.0/24", "10.0.1.2", 1)}})
-	o.relearn()
-	if len(o.routes) != 0 || n1.accepted != 0 {
-		t.Fatalf("routes %s, accepted %d; want none", routesString(o.routes), n1.accepted)
+	o.publish(o.relearn(), nil)
+	if len(o.s.Routes()) != 0 || n1.accepted != 0 {
+		t.Fatalf("routes %s, accepted %d; want none", routesString(o.s.Routes()), n1.accepted)
 	}
 	n1.Accept = append(n1.Accept, netip.MustParsePrefix("198.51.100.0/24"))
 	o.refilter(n1)
-	o.relearn()
-	if got := routesString(o.routes); got != "198.51.100.0/24 via 10.0.1.2" || n1.accepted != 1 {
+	o.publish(o.relearn(), nil)
+	if got := routesString(o.s.Routes()); got != "198.51.100.0/24 via 10.0.1.2" || n1.accepted != 1 {
 		t.Errorf("after the accept list grew: routes %s, accepted %d", got, n1.accepted)
 	}
 }
