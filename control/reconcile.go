@@ -40,7 +40,8 @@ type AddressTarget interface {
 type RouteTarget interface {
 	// Set makes the kernel hold exactly these routes among those the
 	// target owns, replacing a changed route in place; it never touches
-	// routes it does not own. Idempotent.
+	// routes it does not own. Idempotent. It may keep routes: the caller
+	// does not change them afterwards.
 	Set(ctx context.Context, routes []route.Route) error
 	// Resync makes the next Set start from what the kernel holds.
 	Resync()

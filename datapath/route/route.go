@@ -48,39 +48,57 @@ func (r Route) String() string {
 // (netip.Prefix.Compare), with next hops sorted by address and weights
 // filled in, and the prefixes of the routes it refused: nothing is sent for
 // those, so whatever route of ours the kernel holds for them stays as it is.
-// Next hops that need no change are not copied: want shares them with
-// routes.
+// What needs no change is not copied: if every route is fine as it is,
+// want is routes itself.
 func desired(routes []Route) (want []Route, held map[netip.Prefix]bool, err error) {
 	if !slices.IsSortedFunc(routes, byPrefix) {
 		routes = slices.Clone(routes)
 		slices.SortStableFunc(routes, byPrefix)
 	}
-	want = make([]Route, 0, len(routes))
 	held = map[netip.Prefix]bool{}
 	var errs []error
+	// want is routes[:n] as long as every route so far is wanted as it is;
+	// the first that is not makes want a copy.
+	n, copied := 0, false
+	leave := func() {
+		if !copied {
+			want, copied = append(make([]Route, 0, len(routes)), routes[:n]...), true
+		}
+	}
 	for i, r := range routes {
 		if !r.Prefix.IsValid() {
 			errs = append(errs, fmt.Errorf("route: %s: invalid prefix", r))
+			leave()
 			continue
 		}
 		p := r.Prefix.Masked()
 		if i > 0 && routes[i-1].Prefix == r.Prefix {
-			continue // refused below, with the first of them
+			leave() // refused below, with the first of them
+			continue
 		}
 		if i+1 < len(routes) && routes[i+1].Prefix == r.Prefix {
 			errs = append(errs, fmt.Errorf("route: %s: prefix given twice", p))
 			held[p] = true
+			leave()
 			continue
 		}
-		hops, err := nextHops(r)
-		if err != nil {
+		hops, changed, err := nextHops(r)
+		switch {
+		case err != nil:
 			errs = append(errs, fmt.Errorf("route: %s: %w", r, err))
 			held[p] = true
-			continue
-		}
-		if len(hops) > 0 {
+			leave()
+		case len(hops) == 0:
+			leave()
+		case !copied && !changed:
+			n++
+		default:
+			leave()
 			want = append(want, Route{p, hops})
 		}
+	}
+	if !copied {
+		want = routes[:n]
 	}
 	if len(held) > 0 {
 		// A prefix with host bits set is held under its masked form, which
@@ -93,42 +111,41 @@ func desired(routes []Route) (want []Route, held map[netip.Prefix]bool, err erro
 func byPrefix(a, b Route) int { return a.Prefix.Compare(b.Prefix) }
 
 // nextHops checks the next hops of r and returns them sorted, with weights
-// filled in.
-func nextHops(r Route) ([]NextHop, error) {
+// filled in, and whether that changed them: only then are they a copy.
+func nextHops(r Route) (hops []NextHop, changed bool, err error) {
 	if r.Prefix != r.Prefix.Masked() {
-		return nil, fmt.Errorf("host bits set (the prefix is %s)", r.Prefix.Masked())
+		return nil, false, fmt.Errorf("host bits set (the prefix is %s)", r.Prefix.Masked())
 	}
-	hops := r.NextHops
-	cloned := false
+	hops = r.NextHops
 	for i, nh := range hops {
 		switch {
 		case !nh.Addr.IsValid():
-			return nil, errors.New("invalid next hop")
+			return nil, false, errors.New("invalid next hop")
 		case nh.Addr.Is4() != r.Prefix.Addr().Is4():
 			// An IPv4 prefix over an IPv6 next hop (RFC 8950) would need RTA_VIA.
-			return nil, fmt.Errorf("next hop %s is not of the prefix's family", nh.Addr)
+			return nil, false, fmt.Errorf("next hop %s is not of the prefix's family", nh.Addr)
 		case nh.Weight < 0 || nh.Weight > 256:
-			return nil, fmt.Errorf("next hop %s: weight %d out of 1..256", nh.Addr, nh.Weight)
+			return nil, false, fmt.Errorf("next hop %s: weight %d out of 1..256", nh.Addr, nh.Weight)
 		case nh.Weight != 1 && (nh.Weight == 0 || len(hops) == 1):
-			if !cloned {
-				hops, cloned = slices.Clone(hops), true
+			if !changed {
+				hops, changed = slices.Clone(hops), true
 			}
 			hops[i].Weight = 1
 		}
 	}
 	byAddr := func(a, b NextHop) int { return a.Addr.Compare(b.Addr) }
 	if !slices.IsSortedFunc(hops, byAddr) {
-		if !cloned {
-			hops = slices.Clone(hops)
+		if !changed {
+			hops, changed = slices.Clone(hops), true
 		}
 		slices.SortFunc(hops, byAddr)
 	}
 	for i := 1; i < len(hops); i++ {
 		if hops[i].Addr == hops[i-1].Addr {
-			return nil, fmt.Errorf("next hop %s given twice", hops[i].Addr)
+			return nil, false, fmt.Errorf("next hop %s given twice", hops[i].Addr)
 		}
 	}
-	return hops, nil
+	return hops, changed, nil
 }
 
 // An op is what Set asks of the kernel for one prefix.

@@ -39,7 +39,13 @@ func TestDesired(t *testing.T) {
 		want     []Route  // wanted routes, in prefix order
 		held     []string // prefixes refused
 		wantErrs []string // each must appear in the error
+		asIs     bool     // want is in itself, not a copy
 	}{{
+		name: "as it is",
+		in:   []Route{r("203.0.113.10/32", "10.0.1.2*1", "10.0.2.2*3"), r("203.0.113.11/32", "10.0.1.2*1"), r("2001:db8::10/128", "fd00:1::2*1")},
+		want: []Route{r("203.0.113.10/32", "10.0.1.2*1", "10.0.2.2*3"), r("203.0.113.11/32", "10.0.1.2*1"), r("2001:db8::10/128", "fd00:1::2*1")},
+		asIs: true,
+	}, {
 		name: "sorted, default weights",
 		in:   []Route{r("2001:db8::10/128", "fd00:2::2", "fd00:1::2*2"), r("203.0.113.10/32", "10.0.3.2", "10.0.1.2*256", "10.0.2.2")},
 		want: []Route{r("203.0.113.10/32", "10.0.1.2*256", "10.0.2.2*1", "10.0.3.2*1"), r("2001:db8::10/128", "fd00:1::2*2", "fd00:2::2*1")},
@@ -101,6 +107,9 @@ func TestDesired(t *testing.T) {
 			}
 			if fmt.Sprint(want) != fmt.Sprint(tt.want) {
 				t.Errorf("want = %v\n      want %v", want, tt.want)
+			}
+			if asIs := len(want) > 0 && &want[0] == &tt.in[0]; asIs != tt.asIs {
+				t.Errorf("want is the input itself: %v, want %v", asIs, tt.asIs)
 			}
 			var gotHeld []string
 			for _, p := range slices.SortedFunc(maps.Keys(held), netip.Prefix.Compare) {

@@ -113,6 +113,10 @@ func (t *Target) Resync() { t.have = nil }
 // the first call, and the first after Resync, read the kernel instead,
 // which adopts the routes of an earlier run. A change the kernel refused
 // is tried again by the next Set.
+//
+// Set keeps routes, and the next hops in them: the caller must not change
+// them afterwards. (At 100,000 routes, copying them cost more than the
+// kernel's work on a few changes.)
 func (t *Target) Set(ctx context.Context, routes []Route) error {
 	want, held, err := desired(routes)
 	errs := []error{err}
@@ -150,7 +154,11 @@ func (t *Target) Set(ctx context.Context, routes []Route) error {
 			t.log.Debug("route changed", "op", c.op, "route", c.route.String())
 		}
 	}
-	if t.have != nil {
+	switch {
+	case t.have == nil:
+	case len(held) == 0 && len(failed) == 0:
+		t.have = want
+	default:
 		t.have = next(t.have, want, held, failed)
 	}
 	return errors.Join(errs...)
