@@ -22,7 +22,7 @@ type Inputs struct {
 	Health map[string]bool
 	// Learned are the routes node peers announce, as the BGP speaker
 	// accepted them.
-	Learned []bgp.Learned
+	Learned *route.List
 	// Cache, when set, keeps each compiled VIP from one compile to the
 	// next while its configuration and its backends' health do not change.
 	Cache *Cache
@@ -58,35 +58,8 @@ func Compile(in Inputs) (Desired, []Warning) {
 	in.Cache.end()
 	slices.SortFunc(d.VIPs, func(a, b VIP) int { return a.Key.Compare(b.Key) })
 	d.BGP, warns = compileBGP(in.Config.BGP, d, warns)
-	d.Routes = compileRoutes(in.Learned)
+	d.Routes = in.Learned
 	return d, warns
-}
-
-// compileRoutes turns the learned routes into kernel routes, sorted by
-// prefix. All their next hops share one array: at 100,000 routes, one
-// allocation each was the most of compile's time.
-func compileRoutes(learned []bgp.Learned) []route.Route {
-	if len(learned) == 0 {
-		return nil
-	}
-	n := 0
-	for _, l := range learned {
-		n += len(l.NextHops)
-	}
-	hops := make([]route.NextHop, 0, n)
-	out := make([]route.Route, len(learned))
-	for i, l := range learned {
-		start := len(hops)
-		for _, nh := range l.NextHops {
-			hops = append(hops, route.NextHop{Addr: nh, Weight: 1})
-		}
-		out[i] = route.Route{Prefix: l.Prefix, NextHops: hops[start:len(hops):len(hops)]}
-	}
-	byPrefix := func(a, b route.Route) int { return a.Prefix.Compare(b.Prefix) }
-	if !slices.IsSortedFunc(out, byPrefix) {
-		slices.SortFunc(out, byPrefix)
-	}
-	return out
 }
 
 // compileVIP turns one VIP of the configuration into a VIP of the Desired;

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"time"
 
-	"portico.dev/appliance/control/bgp"
 	"portico.dev/appliance/control/config"
 	"portico.dev/appliance/control/health"
 	"portico.dev/appliance/datapath/route"
@@ -36,12 +35,11 @@ type Daemon struct {
 	// 0 means DefaultResync.
 	Resync time.Duration
 
-	// Learned reads the routes the BGP speaker accepts now, sorted by
-	// prefix; nil on an appliance without BGP. The daemon does not change
-	// what it returns.
-	Learned func() []bgp.Learned
-	// StaleRoutes are the routes the last run installed, sorted by prefix
-	// (route.Target.Dump reads them from the kernel). For StaleFor
+	// Learned reads the routes the BGP speaker accepts now; nil on an
+	// appliance without BGP.
+	Learned func() *route.List
+	// StaleRoutes are the routes the last run installed (route.Target.Dump
+	// reads them from the kernel). For StaleFor
 	// after start each of them stays while no node announces its prefix
 	// again, so that a daemon restart does not pull routes from the kernel
 	// while the BGP sessions come back.
@@ -97,31 +95,21 @@ func (d *Daemon) takeEvents() ([]health.Event, bool) {
 
 // learnedRoutes is what the speaker accepts now, plus, while stale is
 // true, the last run's routes for prefixes no node has announced again.
-// Both lists are sorted by prefix, and so is the result.
-func (d *Daemon) learnedRoutes(stale bool) []bgp.Learned {
-	var live []bgp.Learned
+func (d *Daemon) learnedRoutes(stale bool) *route.List {
+	var live *route.List
 	if d.Learned != nil {
 		live = d.Learned()
 	}
-	if !stale || len(d.StaleRoutes) == 0 {
+	if !stale {
 		return live
 	}
-	out := make([]bgp.Learned, 0, len(live)+len(d.StaleRoutes))
-	i := 0
+	var keep []route.Route
 	for _, r := range d.StaleRoutes {
-		for ; i < len(live) && live[i].Prefix.Compare(r.Prefix) < 0; i++ {
-			out = append(out, live[i])
+		if _, ok := live.Get(r.Prefix); !ok {
+			keep = append(keep, r)
 		}
-		if i < len(live) && live[i].Prefix == r.Prefix {
-			continue
-		}
-		l := bgp.Learned{Prefix: r.Prefix}
-		for _, nh := range r.NextHops {
-			l.NextHops = append(l.NextHops, nh.Addr)
-		}
-		out = append(out, l)
 	}
-	return append(out, live[i:]...)
+	return live.With(keep)
 }
 
 // Run applies cfg, then serves until ctx ends: new configurations from

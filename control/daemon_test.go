@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"portico.dev/appliance/control"
-	"portico.dev/appliance/control/bgp"
 	"portico.dev/appliance/control/config"
 	"portico.dev/appliance/control/health"
 	"portico.dev/appliance/datapath/nft"
@@ -394,10 +393,10 @@ func TestDaemonStaleRoutes(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		w := &world{}
 		rec := control.NewReconciler(control.Targets{L4: fakeL4{w}, Addresses: fakeAddrs{w}, Routes: fakeRoutes{w}}, fakeStore{w}, discard())
-		learned := func(prefix string, hops ...string) bgp.Learned {
-			l := bgp.Learned{Prefix: netip.MustParsePrefix(prefix)}
+		learned := func(prefix string, hops ...string) route.Route {
+			l := route.Route{Prefix: netip.MustParsePrefix(prefix)}
 			for _, h := range hops {
-				l.NextHops = append(l.NextHops, netip.MustParseAddr(h))
+				l.NextHops = append(l.NextHops, route.NextHop{Addr: netip.MustParseAddr(h), Weight: 1})
 			}
 			return l
 		}
@@ -406,8 +405,8 @@ func TestDaemonStaleRoutes(t *testing.T) {
 		}
 		d := &control.Daemon{
 			Reconciler: rec, Health: &fakeHealth{}, Log: discard(), Resync: time.Hour,
-			Learned: func() []bgp.Learned {
-				return []bgp.Learned{learned("100.64.1.0/24", "10.0.1.2", "10.0.2.2"), learned("100.64.3.0/24", "10.0.2.2")}
+			Learned: func() *route.List {
+				return route.NewList([]route.Route{learned("100.64.1.0/24", "10.0.1.2", "10.0.2.2"), learned("100.64.3.0/24", "10.0.2.2")})
 			},
 			StaleRoutes: []route.Route{stale("100.64.0.0/24", "10.0.1.2"), stale("100.64.1.0/24", "10.0.1.2"), stale("100.64.2.0/24", "10.0.1.2"), stale("100.64.9.0/24", "10.0.1.2")},
 			StaleFor:    10 * time.Second,

@@ -265,12 +265,12 @@ func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
 // fakeRoutes records the routes of every Set.
 type fakeRoutes struct{ w *world }
 
-func (f fakeRoutes) Set(_ context.Context, routes []route.Route) error {
+func (f fakeRoutes) Set(_ context.Context, routes *route.List) error {
 	w := f.w
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var s []string
-	for _, r := range routes {
+	for r := range routes.All() {
 		s = append(s, r.String())
 	}
 	return w.call("routes.Set", strings.Join(s, "; "))

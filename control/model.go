@@ -21,9 +21,9 @@ import (
 type Desired struct {
 	// VIPs sorted by key.
 	VIPs []VIP `json:"vips"`
-	// Routes are the kernel routes learned from node peers, sorted by
-	// prefix: one next hop per node.
-	Routes []route.Route `json:"routes,omitempty"`
+	// Routes are the kernel routes learned from node peers: one next hop
+	// per node. They are not stored (the kernel keeps them).
+	Routes *route.List `json:"-"`
 	// BGP is the speaker's peers and what it announces upstream.
 	BGP bgp.Config `json:"bgp"`
 }
@@ -182,11 +182,7 @@ func sameSlice[E comparable](a, b []E) bool {
 	return slices.Equal(a, b)
 }
 
-func sameRoutes(a, b []route.Route) bool {
-	return slices.EqualFunc(a, b, func(x, y route.Route) bool {
-		return x.Prefix == y.Prefix && slices.Equal(x.NextHops, y.NextHops)
-	})
-}
+func sameRoutes(a, b *route.List) bool { return route.Equal(a, b) }
 
 func sameBGP(a, b bgp.Config) bool {
 	if !slices.Equal(a.Advertisements, b.Advertisements) {

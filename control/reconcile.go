@@ -40,9 +40,9 @@ type AddressTarget interface {
 type RouteTarget interface {
 	// Set makes the kernel hold exactly these routes among those the
 	// target owns, replacing a changed route in place; it never touches
-	// routes it does not own. Idempotent. It may keep routes: the caller
-	// does not change them afterwards.
-	Set(ctx context.Context, routes []route.Route) error
+	// routes it does not own. Idempotent; its work is in proportion to
+	// the changes when routes is made from the List of the last call.
+	Set(ctx context.Context, routes *route.List) error
 	// Resync makes the next Set start from what the kernel holds.
 	Resync()
 }
@@ -271,7 +271,7 @@ func (r *Reconciler) bgp(ctx context.Context, c bgp.Config) error {
 	return r.t.BGP.Set(ctx, c)
 }
 
-func (r *Reconciler) routes(ctx context.Context, routes []route.Route) error {
+func (r *Reconciler) routes(ctx context.Context, routes *route.List) error {
 	if r.t.Routes == nil {
 		return nil
 	}

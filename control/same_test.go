@@ -42,7 +42,7 @@ func TestSame(t *testing.T) {
 				Backends: []Backend{{Addr: ap("10.0.1.11:80"), Weight: 1, Up: true}},
 				Slots:    []netip.AddrPort{ap("10.0.1.11:80"), ap("10.0.1.11:80")},
 			}},
-			Routes: []route.Route{{Prefix: netip.MustParsePrefix("10.244.0.0/24"), NextHops: []route.NextHop{{Addr: netip.MustParseAddr("10.0.1.11"), Weight: 1}}}},
+			Routes: route.NewList([]route.Route{{Prefix: netip.MustParsePrefix("10.244.0.0/24"), NextHops: []route.NextHop{{Addr: netip.MustParseAddr("10.0.1.11"), Weight: 1}}}}),
 			BGP:    bgp.Config{Global: bgp.Global{ASN: 65000}, Advertisements: []bgp.Advertisement{{Prefix: netip.MustParsePrefix("203.0.113.10/32")}}},
 		}
 	}
@@ -51,19 +51,24 @@ func TestSame(t *testing.T) {
 		t.Fatal("equal Desireds differ")
 	}
 	for name, change := range map[string]func(d *Desired){
-		"name":          func(d *Desired) { d.VIPs[0].Name = "www" },
-		"port":          func(d *Desired) { d.VIPs[0].Key.Port = 81 },
-		"snat":          func(d *Desired) { d.VIPs[0].SNAT = true },
-		"scheduler":     func(d *Desired) { d.VIPs[0].Scheduler = nft.RoundRobin },
-		"check":         func(d *Desired) { d.VIPs[0].Health = &health.Check{Type: "tcp", Rise: 2, Fall: 4} },
-		"no check":      func(d *Desired) { d.VIPs[0].Health = nil },
-		"weight":        func(d *Desired) { d.VIPs[0].Backends[0].Weight = 2 },
-		"down":          func(d *Desired) { d.VIPs[0].Backends[0].Up = false },
-		"slot":          func(d *Desired) { d.VIPs[0].Slots[1] = ap("10.0.1.12:80") },
-		"fewer slots":   func(d *Desired) { d.VIPs[0].Slots = d.VIPs[0].Slots[:1] },
-		"no VIP":        func(d *Desired) { d.VIPs = nil },
-		"next hop":      func(d *Desired) { d.Routes[0].NextHops[0].Weight = 2 },
-		"route":         func(d *Desired) { d.Routes = append(d.Routes, d.Routes[0]) },
+		"name":        func(d *Desired) { d.VIPs[0].Name = "www" },
+		"port":        func(d *Desired) { d.VIPs[0].Key.Port = 81 },
+		"snat":        func(d *Desired) { d.VIPs[0].SNAT = true },
+		"scheduler":   func(d *Desired) { d.VIPs[0].Scheduler = nft.RoundRobin },
+		"check":       func(d *Desired) { d.VIPs[0].Health = &health.Check{Type: "tcp", Rise: 2, Fall: 4} },
+		"no check":    func(d *Desired) { d.VIPs[0].Health = nil },
+		"weight":      func(d *Desired) { d.VIPs[0].Backends[0].Weight = 2 },
+		"down":        func(d *Desired) { d.VIPs[0].Backends[0].Up = false },
+		"slot":        func(d *Desired) { d.VIPs[0].Slots[1] = ap("10.0.1.12:80") },
+		"fewer slots": func(d *Desired) { d.VIPs[0].Slots = d.VIPs[0].Slots[:1] },
+		"no VIP":      func(d *Desired) { d.VIPs = nil },
+		"next hop": func(d *Desired) {
+			d.Routes = d.Routes.With([]route.Route{{Prefix: netip.MustParsePrefix("10.244.0.0/24"), NextHops: []route.NextHop{{Addr: netip.MustParseAddr("10.0.1.11"), Weight: 2}}}})
+		},
+		"route": func(d *Desired) {
+			d.Routes = d.Routes.With([]route.Route{{Prefix: netip.MustParsePrefix("10.244.1.0/24"), NextHops: []route.NextHop{{Addr: netip.MustParseAddr("10.0.1.11"), Weight: 1}}}})
+		},
+		"no route":      func(d *Desired) { d.Routes = nil },
 		"asn":           func(d *Desired) { d.BGP.Global.ASN = 65001 },
 		"advertisement": func(d *Desired) { d.BGP.Advertisements = nil },
 		"peer":          func(d *Desired) { d.BGP.Peers = []bgp.Peer{{Name: "up"}} },

@@ -99,7 +99,7 @@ func run(ctx context.Context, log *slog.Logger, path string, cfg *config.Config,
 			log.Error("bgp speaker", "err", err)
 		}
 	}()
-	d.Learned = speaker.Routes
+	d.Learned = speaker.RouteList
 	rec := control.NewReconciler(control.Targets{L4: l4, Addresses: addrs, Routes: routes, BGP: speaker}, st, log.With("component", "reconcile"))
 	d.Reconciler = rec
 	// The routes the last run installed are in the kernel still: they stay
@@ -118,7 +118,7 @@ func run(ctx context.Context, log *slog.Logger, path string, cfg *config.Config,
 		if err != nil {
 			return err
 		}
-		last.Routes = stale
+		last.Routes = route.NewList(stale)
 		addrs.Adopt(last.Addresses())
 		if err := rec.Apply(ctx, last); err != nil {
 			log.Error("re-applying the last state failed", "err", err)

@@ -39,7 +39,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"portico.dev/appliance/datapath/route"
+	"slices"
 	"sync"
 	"time"
 )
@@ -190,12 +193,10 @@ type Speaker struct {
 	done     chan struct{} // closed when Run returns
 
 	mu sync.Mutex // guards the snapshot below, which Run's goroutine publishes
-	// routes are the learned routes, sorted by prefix and never changed in place, but
-	// for the changes in pending, which Routes merges in: a burst of updates brings
-	// many changes between two reads, and merging each into 100,000 routes took more
-	// time than learning them.
-	routes    []Learned
-	pending   map[netip.Prefix]Learned // a prefix's routes now; no next hops: gone
+	// routes are the learned routes but for the changes in pending, which RouteList
+	// makes: a burst of updates brings many changes between two reads.
+	routes    *route.List
+	pending   map[netip.Prefix]route.Route // a prefix's route now; no next hops: gone
 	neighbors []neighbor
 }
 
@@ -286,12 +287,28 @@ func (s *Speaker) Set(ctx context.Context, c Config) error {
 }
 
 // Routes returns the prefixes that node peers announce and their accept lists allow,
-// sorted by prefix. The caller may keep the result but must not change it.
+// sorted by prefix. The caller may keep and change the result.
 func (s *Speaker) Routes() []Learned {
+	var out []Learned
+	for r := range s.RouteList().All() {
+		l := Learned{Prefix: r.Prefix, NextHops: make([]netip.Addr, len(r.NextHops))}
+		for i, nh := range r.NextHops {
+			l.NextHops[i] = nh.Addr
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// RouteList returns the routes of Routes as kernel routes, each next hop of weight 1.
+// Each List is made from the one before with what changed, so that comparing the two
+// costs in proportion to the changes (route.List).
+func (s *Speaker) RouteList() *route.List {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.pending) > 0 {
-		s.routes, s.pending = merge(s.routes, s.pending), nil
+		s.routes = s.routes.With(slices.Collect(maps.Values(s.pending)))
+		s.pending = nil
 	}
 	return s.routes
 }

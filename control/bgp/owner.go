@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"portico.dev/appliance/datapath/route"
 	"slices"
 	"time"
 
@@ -482,9 +483,9 @@ func (o *owner) neighbors(states map[netip.Addr]*api.Peer) []neighbor {
 	return out
 }
 
-// publish hands the changes of routes since the last publish, and neighbors, to Routes
-// and Neighbors.
-func (o *owner) publish(changes map[netip.Prefix]Learned, neighbors []neighbor) {
+// publish hands the changes of routes since the last publish, and neighbors, to
+// RouteList and Neighbors.
+func (o *owner) publish(changes map[netip.Prefix]route.Route, neighbors []neighbor) {
 	s := o.s
 	s.mu.Lock()
 	changed := len(changes) > 0 || !slices.Equal(s.neighbors, neighbors)

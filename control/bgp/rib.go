@@ -3,6 +3,7 @@ package bgp
 import (
 	"maps"
 	"net/netip"
+	"portico.dev/appliance/datapath/route"
 	"slices"
 
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
@@ -135,7 +136,7 @@ func (o *owner) refilter(ps *peerState) {
 // relearn learns again each dirty prefix from the accepted paths of every node, and
 // returns the prefixes whose routes that changed: each with its next hops now, none if
 // it is no longer learned. nil if none changed.
-func (o *owner) relearn() map[netip.Prefix]Learned {
+func (o *owner) relearn() map[netip.Prefix]route.Route {
 	if len(o.dirty) == 0 {
 		return nil
 	}
@@ -145,7 +146,7 @@ func (o *owner) relearn() map[netip.Prefix]Learned {
 			nodes = append(nodes, ps)
 		}
 	}
-	changes := map[netip.Prefix]Learned{}
+	changes := make(map[netip.Prefix]route.Route, len(o.dirty))
 	var cands []candidate
 	for pfx := range o.dirty {
 		cands = cands[:0]
@@ -159,7 +160,7 @@ func (o *owner) relearn() map[netip.Prefix]Learned {
 			next = l[0]
 		}
 		if cur := o.learned[pfx]; !slices.Equal(cur.NextHops, next.NextHops) {
-			changes[pfx] = next
+			changes[pfx] = next.route()
 			if len(next.NextHops) == 0 {
 				delete(o.learned, pfx)
 			} else {
@@ -172,28 +173,4 @@ func (o *owner) relearn() map[netip.Prefix]Learned {
 		return nil
 	}
 	return changes
-}
-
-// merge returns routes, sorted by prefix, with changes made: a Learned with next hops
-// replaces or adds its prefix, one without removes it. routes is not changed.
-func merge(routes []Learned, changes map[netip.Prefix]Learned) []Learned {
-	keys := make([]netip.Prefix, 0, len(changes))
-	for pfx := range changes {
-		keys = append(keys, pfx)
-	}
-	slices.SortFunc(keys, netip.Prefix.Compare)
-	out := make([]Learned, 0, len(routes)+len(keys))
-	i := 0
-	for _, k := range keys {
-		for ; i < len(routes) && routes[i].Prefix.Compare(k) < 0; i++ {
-			out = append(out, routes[i])
-		}
-		if i < len(routes) && routes[i].Prefix == k {
-			i++
-		}
-		if l := changes[k]; len(l.NextHops) > 0 {
-			out = append(out, l)
-		}
-	}
-	return append(out, routes[i:]...)
 }

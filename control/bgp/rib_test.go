@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"testing"
 
 	"github.com/osrg/gobgp/v4/api"
@@ -95,39 +94,5 @@ func TestRIB(t *testing.T) {
 	o.publish(o.relearn(), nil)
 	if got := routesString(o.s.Routes()); got != "198.51.100.0/24 via 10.0.1.2" || n1.accepted != 1 {
 		t.Errorf("after the accept list grew: routes %s, accepted %d", got, n1.accepted)
-	}
-}
-
-func TestMerge(t *testing.T) {
-	l := func(prefix string, hops ...string) Learned {
-		out := Learned{Prefix: netip.MustParsePrefix(prefix)}
-		for _, h := range hops {
-			out.NextHops = append(out.NextHops, netip.MustParseAddr(h))
-		}
-		return out
-	}
-	routes := []Learned{l("10.0.0.0/8", "192.0.2.1"), l("203.0.113.10/32", "192.0.2.1"), l("2001:db8::/64", "fd00::1")}
-	orig := slices.Clone(routes)
-	changes := map[netip.Prefix]Learned{}
-	for _, c := range []Learned{
-		l("0.0.0.0/0", "192.0.2.9"),       // new, first
-		l("10.0.0.0/8"),                   // removed
-		l("203.0.113.10/32", "192.0.2.2"), // replaced
-		l("203.0.113.11/32", "192.0.2.3"), // new, between
-		l("2001:db8:1::/64", "fd00::2"),   // new, last
-		l("198.51.100.0/24"),              // removed but not there
-	} {
-		changes[c.Prefix] = c
-	}
-	got := routesString(merge(routes, changes))
-	want := "0.0.0.0/0 via 192.0.2.9; 203.0.113.10/32 via 192.0.2.2; 203.0.113.11/32 via 192.0.2.3; 2001:db8::/64 via fd00::1; 2001:db8:1::/64 via fd00::2"
-	if got != want {
-		t.Errorf("merge:\n%s\nwant:\n%s", got, want)
-	}
-	if routesString(routes) != routesString(orig) {
-		t.Errorf("merge changed its input: %s", routesString(routes))
-	}
-	if got := merge(nil, nil); len(got) != 0 {
-		t.Errorf("merge of nothing: %v", got)
 	}
 }

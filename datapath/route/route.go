@@ -19,8 +19,8 @@ type NextHop struct {
 
 // Route is one prefix with its next hops, one per cluster node announcing
 // it. Set takes the next hops in any order but refuses duplicates; Dump
-// returns them sorted by address. A route with no next hops is not wanted:
-// Set deletes ours for its prefix.
+// returns them sorted by address. A List holds no route without next hops:
+// List.With takes one as the removal of its prefix's route.
 type Route struct {
 	Prefix   netip.Prefix
 	NextHops []NextHop
@@ -44,68 +44,63 @@ func (r Route) String() string {
 	return b.String()
 }
 
-// desired checks routes and returns the routes wanted, sorted by prefix
-// (netip.Prefix.Compare), with next hops sorted by address and weights
-// filled in, and the prefixes of the routes it refused: nothing is sent for
-// those, so whatever route of ours the kernel holds for them stays as it is.
-// What needs no change is not copied: if every route is fine as it is,
-// want is routes itself.
-func desired(routes []Route) (want []Route, held map[netip.Prefix]bool, err error) {
-	if !slices.IsSortedFunc(routes, byPrefix) {
-		routes = slices.Clone(routes)
-		slices.SortStableFunc(routes, byPrefix)
-	}
-	held = map[netip.Prefix]bool{}
+// plan returns the changes that make the kernel, which holds have, hold
+// want: adds and replaces first, then deletes, so that a prefix moving to a
+// wider one never leaves a gap; each group in prefix order, with next hops
+// sorted by address and weights filled in. Routes it refuses are reported
+// and nothing is sent for their prefixes (a prefix with host bits set holds
+// its masked prefix too), so that whatever route of ours the kernel holds
+// for them stays as it is: held lists those prefixes, and fixed the routes
+// of want whose next hops it sorted or weighed.
+func plan(have, want *List) (changes []change, held map[netip.Prefix]bool, fixed []Route, err error) {
+	var set, del []change
 	var errs []error
-	// want is routes[:n] as long as every route so far is wanted as it is;
-	// the first that is not makes want a copy.
-	n, copied := 0, false
-	leave := func() {
-		if !copied {
-			want, copied = append(make([]Route, 0, len(routes)), routes[:n]...), true
-		}
-	}
-	for i, r := range routes {
-		if !r.Prefix.IsValid() {
-			errs = append(errs, fmt.Errorf("route: %s: invalid prefix", r))
-			leave()
-			continue
-		}
-		p := r.Prefix.Masked()
-		if i > 0 && routes[i-1].Prefix == r.Prefix {
-			leave() // refused below, with the first of them
-			continue
-		}
-		if i+1 < len(routes) && routes[i+1].Prefix == r.Prefix {
-			errs = append(errs, fmt.Errorf("route: %s: prefix given twice", p))
-			held[p] = true
-			leave()
-			continue
-		}
-		hops, changed, err := nextHops(r)
+	held = map[netip.Prefix]bool{}
+	Diff(have, want, func(old, new *Route) bool {
 		switch {
-		case err != nil:
-			errs = append(errs, fmt.Errorf("route: %s: %w", r, err))
-			held[p] = true
-			leave()
-		case len(hops) == 0:
-			leave()
-		case !copied && !changed:
-			n++
-		default:
-			leave()
-			want = append(want, Route{p, hops})
+		case new == nil:
+			del = append(del, change{opDelete, *old})
+			return true
+		case !new.Prefix.IsValid():
+			errs = append(errs, fmt.Errorf("route: %s: invalid prefix", new))
+			held[new.Prefix] = true
+			return true
 		}
-	}
-	if !copied {
-		want = routes[:n]
-	}
+		hops, changed, err := nextHops(*new)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("route: %s: %w", new, err))
+			held[new.Prefix], held[new.Prefix.Masked()] = true, true
+			return true
+		}
+		if changed {
+			fixed = append(fixed, Route{new.Prefix, hops})
+		}
+		switch {
+		case old == nil:
+			set = append(set, change{opAdd, Route{new.Prefix, hops}})
+		case !slices.Equal(old.NextHops, hops):
+			set = append(set, change{opReplace, Route{new.Prefix, hops}})
+		}
+		return true
+	})
 	if len(held) > 0 {
-		// A prefix with host bits set is held under its masked form, which
-		// another route may name too.
-		want = slices.DeleteFunc(want, func(r Route) bool { return held[r.Prefix] })
+		isHeld := func(c change) bool { return held[c.route.Prefix] }
+		set, del = slices.DeleteFunc(set, isHeld), slices.DeleteFunc(del, isHeld)
 	}
-	return want, held, errors.Join(errs...)
+	return append(set, del...), held, fixed, errors.Join(errs...)
+}
+
+// after returns what the kernel holds once the changes of plan(have, want)
+// are made, but for the prefixes in held, whose routes are as in have.
+func after(have, want *List, held map[netip.Prefix]bool, fixed []Route) *List {
+	for p := range held {
+		r, ok := have.Get(p)
+		if !ok {
+			r = Route{Prefix: p}
+		}
+		fixed = append(fixed, r)
+	}
+	return want.With(fixed)
 }
 
 func byPrefix(a, b Route) int { return a.Prefix.Compare(b.Prefix) }
@@ -160,75 +155,4 @@ const (
 type change struct {
 	op    op
 	route Route // for a delete, the route as it was
-}
-
-// diff returns the changes that turn have into want, both sorted by
-// prefix, leaving the held prefixes alone: adds and replaces first, then
-// deletes, so that a prefix moving to a wider one never leaves a gap; each
-// group sorted by prefix.
-func diff(have, want []Route, held map[netip.Prefix]bool) []change {
-	var set, del []change
-	i, j := 0, 0
-	for i < len(have) || j < len(want) {
-		switch c := compareAt(have, want, i, j); {
-		case c < 0:
-			if !held[have[i].Prefix] {
-				del = append(del, change{opDelete, have[i]})
-			}
-			i++
-		case c > 0:
-			set = append(set, change{opAdd, want[j]})
-			j++
-		default:
-			if !slices.Equal(have[i].NextHops, want[j].NextHops) {
-				set = append(set, change{opReplace, want[j]})
-			}
-			i++
-			j++
-		}
-	}
-	return append(set, del...)
-}
-
-// next returns what the kernel holds once the changes from have to want
-// are made, but for those to the prefixes in failed: have's route stays for
-// those, as for the held ones.
-func next(have, want []Route, held, failed map[netip.Prefix]bool) []Route {
-	out := make([]Route, 0, len(want)+len(held))
-	i, j := 0, 0
-	for i < len(have) || j < len(want) {
-		switch c := compareAt(have, want, i, j); {
-		case c < 0:
-			if p := have[i].Prefix; held[p] || failed[p] {
-				out = append(out, have[i])
-			}
-			i++
-		case c > 0:
-			if !failed[want[j].Prefix] {
-				out = append(out, want[j])
-			}
-			j++
-		default:
-			if failed[want[j].Prefix] {
-				out = append(out, have[i])
-			} else {
-				out = append(out, want[j])
-			}
-			i++
-			j++
-		}
-	}
-	return out
-}
-
-// compareAt compares the prefixes of have[i] and want[j], taking the end of
-// either list as greater than any prefix.
-func compareAt(have, want []Route, i, j int) int {
-	switch {
-	case i == len(have):
-		return 1
-	case j == len(want):
-		return -1
-	}
-	return have[i].Prefix.Compare(want[j].Prefix)
 }

@@ -23,7 +23,7 @@ func TestReadTable(t *testing.T) {
 	run(t, lab, "router", "ip", "-6", "route", "add", "unreachable", "2001:db8:dead::/48")
 	run(t, lab, "router", "ip", "route", "add", "default", "via", "10.0.0.2")
 	tg, _ := newTarget(t, fd)
-	if err := tg.Set(t.Context(), []Route{vip4, vip6, r("203.0.113.11/32", "10.0.1.2*2", "10.0.3.2*1")}); err != nil {
+	if err := tg.Set(t.Context(), NewList([]Route{vip4, vip6, r("203.0.113.11/32", "10.0.1.2*2", "10.0.3.2*1")})); err != nil {
 		t.Fatal(err)
 	}
 

@@ -40,9 +40,9 @@ type Target struct {
 	table int
 	proto netlink.RouteProtocol
 	log   *slog.Logger
-	// have is what the kernel holds of ours as of the last Set, sorted by
-	// prefix; nil until read from the kernel.
-	have []Route
+	// have is what the kernel holds of ours as of the last Set; nil until
+	// read from the kernel.
+	have *List
 }
 
 // NewTarget opens a netlink handle in the namespace of opt.NetNS.
@@ -103,43 +103,33 @@ func (t *Target) Resync() { t.have = nil }
 // the kernel swaps in the first next hop and then appends the others, so
 // lookups may see only some of them for a moment), then deletes ours that
 // are not wanted. It never touches a route of another protocol: a prefix
-// held by one is reported and left to it.
+// held by one is reported and left to it. Next hops may come in any order,
+// but not twice.
 //
 // A route that is refused (invalid, on a prefix held by another protocol,
 // or with a next hop that is not on a connected network) is reported and
 // the others are still applied; whatever route of ours the kernel holds for
 // a refused prefix is left as it is. Set compares routes with what it
-// applied last, so calling it again with the same routes sends nothing;
-// the first call, and the first after Resync, read the kernel instead,
-// which adopts the routes of an earlier run. A change the kernel refused
-// is tried again by the next Set.
-//
-// Set keeps routes, and the next hops in them: the caller must not change
-// them afterwards. (At 100,000 routes, copying them cost more than the
-// kernel's work on a few changes.)
-func (t *Target) Set(ctx context.Context, routes []Route) error {
-	want, held, err := desired(routes)
-	errs := []error{err}
+// applied last, so calling it again with the same routes sends nothing, and
+// its work is in proportion to what changed when routes is made from the
+// List of the last Set (List.With); the first call, and the first after
+// Resync, read the kernel instead, which adopts the routes of an earlier
+// run. A change the kernel refused is tried again by the next Set.
+func (t *Target) Set(ctx context.Context, routes *List) error {
 	if t.have == nil {
 		have, err := t.read(ctx)
 		if err != nil {
-			return errors.Join(append(errs, err)...)
+			return err
 		}
-		t.have = have
+		t.have = NewList(have)
 	}
 	if err := ctx.Err(); err != nil {
-		return errors.Join(append(errs, err)...)
+		return err
 	}
-	changes := diff(t.have, want, held)
-	answers, err := t.b.applyAll(changes, t.table, uint8(t.proto))
-	if err != nil {
-		// What the kernel made of the changes not answered is unknown:
-		// the next Set reads it.
-		t.have = nil
-		errs = append(errs, err)
-	}
+	changes, held, fixed, err := plan(t.have, routes)
+	errs := []error{err}
+	answers, sendErr := t.b.applyAll(changes, t.table, uint8(t.proto))
 	debug := t.log.Enabled(ctx, slog.LevelDebug)
-	failed := map[netip.Prefix]bool{}
 	for i, err := range answers {
 		c := changes[i]
 		if c.op == opDelete && errors.Is(err, unix.ESRCH) {
@@ -147,20 +137,20 @@ func (t *Target) Set(ctx context.Context, routes []Route) error {
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("route: %s %s: %w", c.op, c.route, t.explain(c, err)))
-			failed[c.route.Prefix] = true
+			held[c.route.Prefix] = true
 			continue
 		}
 		if debug {
 			t.log.Debug("route changed", "op", c.op, "route", c.route.String())
 		}
 	}
-	switch {
-	case t.have == nil:
-	case len(held) == 0 && len(failed) == 0:
-		t.have = want
-	default:
-		t.have = next(t.have, want, held, failed)
+	if sendErr != nil {
+		// What the kernel made of the changes not answered is unknown:
+		// the next Set reads it.
+		t.have = nil
+		return errors.Join(append(errs, sendErr)...)
 	}
+	t.have = after(t.have, routes, held, fixed)
 	return errors.Join(errs...)
 }
 

@@ -206,7 +206,7 @@ nexthop via 10.0.3.2 dev eth3 weight 1
 		dump:    []Route{},
 	}}
 	for _, s := range steps {
-		err := tg.Set(t.Context(), s.set)
+		err := tg.Set(t.Context(), NewList(s.set))
 		if t.Failed() {
 			break
 		}
@@ -240,7 +240,7 @@ func TestReplaceKeepsPrefix(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer h.Close()
-			if err := tg.Set(t.Context(), []Route{vip}); err != nil {
+			if err := tg.Set(t.Context(), NewList([]Route{vip})); err != nil {
 				t.Fatal(err)
 			}
 
@@ -258,7 +258,7 @@ func TestReplaceKeepsPrefix(t *testing.T) {
 			start := time.Now()
 			for i := 0; i < 100 || lookups.Load() < 1000 && time.Since(start) < 10*time.Second; i++ {
 				for _, r := range []Route{two, vip, one, vip} {
-					if err := tg.Set(t.Context(), []Route{r}); err != nil {
+					if err := tg.Set(t.Context(), NewList([]Route{r})); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -307,19 +307,19 @@ func TestAdopt(t *testing.T) {
 	lab, fd := upLab(t)
 	extra := r("198.51.100.0/24", "10.0.1.2")
 	first, _ := newTarget(t, fd)
-	if err := first.Set(t.Context(), []Route{vip4, vip6, extra}); err != nil {
+	if err := first.Set(t.Context(), NewList([]Route{vip4, vip6, extra})); err != nil {
 		t.Fatal(err)
 	}
 	first.Close()
 
 	tg, log := newTarget(t, fd)
-	if err := tg.Set(t.Context(), []Route{vip6, extra, vip4}); err != nil {
+	if err := tg.Set(t.Context(), NewList([]Route{vip6, extra, vip4})); err != nil {
 		t.Fatal(err)
 	}
 	if n := log.take(); n != 0 {
 		t.Errorf("Set after a restart changed %d routes, want none", n)
 	}
-	if err := tg.Set(t.Context(), []Route{vip4}); err != nil {
+	if err := tg.Set(t.Context(), NewList([]Route{vip4})); err != nil {
 		t.Fatal(err)
 	}
 	if n := log.take(); n != 2 {
@@ -328,14 +328,14 @@ func TestAdopt(t *testing.T) {
 	requireDump(t, tg, []Route{vip4})
 
 	run(t, lab, "router", "ip", "route", "del", "203.0.113.10/32", "proto", "bgp")
-	if err := tg.Set(t.Context(), []Route{vip4}); err != nil {
+	if err := tg.Set(t.Context(), NewList([]Route{vip4})); err != nil {
 		t.Fatal(err)
 	}
 	if n := log.take(); n != 0 {
 		t.Errorf("Set read the kernel (%d routes changed) before Resync", n)
 	}
 	tg.Resync()
-	if err := tg.Set(t.Context(), []Route{vip4}); err != nil {
+	if err := tg.Set(t.Context(), NewList([]Route{vip4})); err != nil {
 		t.Fatal(err)
 	}
 	if n := log.take(); n != 1 {
@@ -362,7 +362,7 @@ func TestUnreachable(t *testing.T) {
 		"route: add 2001:db8::11/128 via 2001:db8:ffff::1, fd00:1::2: next hop 2001:db8:ffff::1 not on a connected network: no route to host",
 	}
 	for range 2 {
-		requireErrs(t, tg.Set(t.Context(), routes), want)
+		requireErrs(t, tg.Set(t.Context(), NewList(routes)), want)
 		requireDump(t, tg, []Route{vip4})
 	}
 	if n := log.take(); n != 1 {
@@ -377,7 +377,7 @@ func TestTraffic(t *testing.T) {
 	t.Parallel()
 	lab, fd := upLab(t)
 	tg, _ := newTarget(t, fd)
-	if err := tg.Set(t.Context(), []Route{vip4, vip6}); err != nil {
+	if err := tg.Set(t.Context(), NewList([]Route{vip4, vip6})); err != nil {
 		t.Fatal(err)
 	}
 	waitDAD(t, lab)
@@ -516,7 +516,7 @@ func TestManyRoutes(t *testing.T) {
 		for _, p := range held {
 			errs = append(errs, "route: add "+p.String()+" via 10.0.1.2", "prefix held by a route of protocol static")
 		}
-		requireErrs(t, tg.Set(t.Context(), all), errs)
+		requireErrs(t, tg.Set(t.Context(), NewList(all)), errs)
 		requireDump(t, tg, applied)
 		if got := log.take(); got != n-len(held) {
 			t.Errorf("%d routes changed, want %d", got, n-len(held))
