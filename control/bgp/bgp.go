@@ -39,12 +39,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
-	"portico.dev/appliance/datapath/route"
-	"slices"
 	"sync"
 	"time"
+
+	"portico.dev/appliance/datapath/route"
 )
 
 // Role says what a peer is to the appliance.
@@ -196,7 +195,7 @@ type Speaker struct {
 	// routes are the learned routes but for the changes in pending, which RouteList
 	// makes: a burst of updates brings many changes between two reads.
 	routes    *route.List
-	pending   map[netip.Prefix]route.Route // a prefix's route now; no next hops: gone
+	pending   []route.Route // in order; no next hops: the prefix's route is gone
 	neighbors []neighbor
 }
 
@@ -307,8 +306,7 @@ func (s *Speaker) RouteList() *route.List {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.pending) > 0 {
-		s.routes = s.routes.With(slices.Collect(maps.Values(s.pending)))
-		s.pending = nil
+		s.routes, s.pending = s.routes.With(s.pending), nil
 	}
 	return s.routes
 }

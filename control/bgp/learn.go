@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"fmt"
 	"net/netip"
-	"portico.dev/appliance/datapath/route"
 	"slices"
 )
 
@@ -82,16 +81,4 @@ func learn(cands []candidate) []Learned {
 		out = append(out, l)
 	}
 	return out
-}
-
-// route is l as a kernel route, each next hop of weight 1.
-func (l Learned) route() route.Route {
-	r := route.Route{Prefix: l.Prefix}
-	if len(l.NextHops) > 0 {
-		r.NextHops = make([]route.NextHop, len(l.NextHops))
-		for i, a := range l.NextHops {
-			r.NextHops[i] = route.NextHop{Addr: a, Weight: 1}
-		}
-	}
-	return r
 }

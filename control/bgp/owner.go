@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net/netip"
-	"portico.dev/appliance/datapath/route"
 	"slices"
 	"time"
 
@@ -17,6 +15,8 @@ import (
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
 	"github.com/osrg/gobgp/v4/pkg/server"
 	"google.golang.org/protobuf/proto"
+
+	"portico.dev/appliance/datapath/route"
 )
 
 // owner is the state of Run's goroutine: the gobgp server and what the Speaker knows of
@@ -37,9 +37,12 @@ type owner struct {
 	addrs     map[netip.Addr]*peerState
 	advs      map[netip.Prefix]bool // announced in srv
 
-	// What Routes returns, kept up to date one prefix at a time (see rib.go).
-	learned map[netip.Prefix]Learned
+	// What Routes returns, kept up to date one prefix at a time (see rib.go): each
+	// learned prefix's next hops, shared with every other prefix of the same.
+	learned map[netip.Prefix][]netip.Addr
 	dirty   map[netip.Prefix]bool // prefixes whose paths changed since the last relearn
+	hops    hopSets
+	scratch []netip.Addr // relearn's
 
 	// What gobgp last listed of its peers, when, and a timer that lists them again
 	// after a refresh that reused it (see refresh).
@@ -99,7 +102,7 @@ func newOwner(s *Speaker) *owner {
 		peers:   map[string]*peerState{},
 		addrs:   map[netip.Addr]*peerState{},
 		advs:    map[netip.Prefix]bool{},
-		learned: map[netip.Prefix]Learned{},
+		learned: map[netip.Prefix][]netip.Addr{},
 		dirty:   map[netip.Prefix]bool{},
 	}
 }
@@ -323,12 +326,16 @@ func (o *owner) stopServer(graceful bool) {
 // for, then runs BFD as the sessions' states want and publishes the result.
 func (o *owner) handle(ctx context.Context, ev event) {
 	routesOnly := true // the batch holds only routes of established sessions
+	nodesOnly := true  // and only of nodes, whose counts are the Speaker's own
 	for more := true; more; {
 		if ev.state != nil || (ev.paths == nil && !ev.eor) {
 			routesOnly = false
 		}
 		if ps := o.addrs[ev.addr]; ps != nil {
+			nodesOnly = nodesOnly && ps.Role == Node
 			o.note(ps, ev)
+		} else {
+			nodesOnly = false
 		}
 		select {
 		case ev = <-o.events:
@@ -347,7 +354,13 @@ func (o *owner) handle(ctx context.Context, ev event) {
 	if o.srv != nil {
 		o.gate(ctx)
 	}
-	o.refresh(ctx, !routesOnly)
+	switch {
+	case routesOnly && nodesOnly && o.states != nil:
+		// Nothing that gobgp lists changed.
+		o.publish(o.relearn(), o.neighbors(o.states))
+	default:
+		o.refresh(ctx, !routesOnly)
+	}
 }
 
 // note takes in one event about ps.
@@ -483,17 +496,12 @@ func (o *owner) neighbors(states map[netip.Addr]*api.Peer) []neighbor {
 	return out
 }
 
-// publish hands the changes of routes since the last publish, and neighbors, to
-// RouteList and Neighbors.
-func (o *owner) publish(changes map[netip.Prefix]route.Route, neighbors []neighbor) {
+// publish hands changes to routes, and neighbors, to RouteList and Neighbors.
+func (o *owner) publish(changes []route.Route, neighbors []neighbor) {
 	s := o.s
 	s.mu.Lock()
 	changed := len(changes) > 0 || !slices.Equal(s.neighbors, neighbors)
-	if s.pending == nil {
-		s.pending = changes
-	} else {
-		maps.Copy(s.pending, changes)
-	}
+	s.pending = append(s.pending, changes...)
 	s.neighbors = neighbors
 	s.mu.Unlock()
 	if changed && s.onChange != nil {

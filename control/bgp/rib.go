@@ -3,11 +3,12 @@ package bgp
 import (
 	"maps"
 	"net/netip"
-	"portico.dev/appliance/datapath/route"
 	"slices"
 
 	"github.com/osrg/gobgp/v4/pkg/apiutil"
 	"github.com/osrg/gobgp/v4/pkg/packet/bgp"
+
+	"portico.dev/appliance/datapath/route"
 )
 
 // The Speaker keeps its own copy of each node's Adj-RIB-In, built from gobgp's events
@@ -134,9 +135,9 @@ func (o *owner) refilter(ps *peerState) {
 }
 
 // relearn learns again each dirty prefix from the accepted paths of every node, and
-// returns the prefixes whose routes that changed: each with its next hops now, none if
-// it is no longer learned. nil if none changed.
-func (o *owner) relearn() map[netip.Prefix]route.Route {
+// returns the routes of the prefixes whose routes that changed: each with its next hops
+// now, none if it is no longer learned.
+func (o *owner) relearn() []route.Route {
 	if len(o.dirty) == 0 {
 		return nil
 	}
@@ -146,7 +147,7 @@ func (o *owner) relearn() map[netip.Prefix]route.Route {
 			nodes = append(nodes, ps)
 		}
 	}
-	changes := make(map[netip.Prefix]route.Route, len(o.dirty))
+	changes := make([]route.Route, 0, len(o.dirty))
 	var cands []candidate
 	for pfx := range o.dirty {
 		cands = cands[:0]
@@ -155,22 +156,66 @@ func (o *owner) relearn() map[netip.Prefix]route.Route {
 				cands = append(cands, rp.candidate)
 			}
 		}
-		next := Learned{Prefix: pfx}
-		if l := learn(cands); len(l) == 1 {
-			next = l[0]
+		var hops []netip.Addr
+		switch len(cands) {
+		case 0:
+		case 1: // most prefixes: one node announces each
+			o.scratch = append(o.scratch[:0], cands[0].nextHop)
+			hops = o.scratch
+		default:
+			hops = learn(cands)[0].NextHops
 		}
-		if cur := o.learned[pfx]; !slices.Equal(cur.NextHops, next.NextHops) {
-			changes[pfx] = next.route()
-			if len(next.NextHops) == 0 {
+		shared := o.hops.of(hops)
+		if cur := o.learned[pfx]; !slices.Equal(cur, shared.addrs) {
+			changes = append(changes, route.Route{Prefix: pfx, NextHops: shared.route})
+			if len(hops) == 0 {
 				delete(o.learned, pfx)
 			} else {
-				o.learned[pfx] = next
+				o.learned[pfx] = shared.addrs
 			}
 		}
 	}
 	clear(o.dirty)
-	if len(changes) == 0 {
-		return nil
-	}
 	return changes
+}
+
+// hopSets shares the next hops of learned routes: a few sets of nodes are the next hops
+// of every prefix, and a route's next hops are never changed once made.
+type hopSets struct {
+	sets map[string]hopSet
+	key  []byte
+}
+
+// hopSet is one set of next hops, as the Speaker keeps it and as a kernel route has it.
+type hopSet struct {
+	addrs []netip.Addr
+	route []route.NextHop // each of weight 1
+}
+
+// maxHopSets bounds hopSets: past it, the sets are made again as routes need them.
+const maxHopSets = 4096
+
+// of returns the shared copies of addrs (nil ones for none); addrs may be changed
+// afterwards.
+func (h *hopSets) of(addrs []netip.Addr) hopSet {
+	if len(addrs) == 0 {
+		return hopSet{}
+	}
+	h.key = h.key[:0]
+	for _, a := range addrs {
+		b := a.As16()
+		h.key = append(append(h.key, byte(a.BitLen())), b[:]...)
+	}
+	if set, ok := h.sets[string(h.key)]; ok {
+		return set
+	}
+	if h.sets == nil || len(h.sets) >= maxHopSets {
+		h.sets = map[string]hopSet{}
+	}
+	set := hopSet{addrs: slices.Clone(addrs), route: make([]route.NextHop, len(addrs))}
+	for i, a := range addrs {
+		set.route[i] = route.NextHop{Addr: a, Weight: 1}
+	}
+	h.sets[string(h.key)] = set
+	return set
 }

@@ -1,6 +1,7 @@
 package route
 
 import (
+	"cmp"
 	"iter"
 	"net/netip"
 	"slices"
@@ -88,17 +89,7 @@ func (l *List) With(changes []Route) *List {
 		}
 		return l
 	}
-	cs := slices.Clone(changes)
-	slices.SortStableFunc(cs, byPrefix)
-	// Of changes to one prefix, the last counts.
-	k := 0
-	for i := range cs {
-		if i+1 == len(cs) || cs[i+1].Prefix != cs[i].Prefix {
-			cs[k] = cs[i]
-			k++
-		}
-	}
-	cs = cs[:k]
+	cs := sortChanges(changes)
 	out := &List{}
 	var chunks [][]Route
 	if l != nil {
@@ -123,6 +114,36 @@ func (l *List) With(changes []Route) *List {
 		}
 		out.add(mergeChunk(c, cs[:end]), false)
 		cs = cs[end:]
+	}
+	return out
+}
+
+// sortChanges returns changes sorted by prefix, of changes to one prefix
+// only the last. changes does not change.
+func sortChanges(changes []Route) []Route {
+	if slices.IsSortedFunc(changes, byPrefix) {
+		out := make([]Route, 0, len(changes))
+		for i, c := range changes {
+			if i+1 == len(changes) || changes[i+1].Prefix != c.Prefix {
+				out = append(out, c)
+			}
+		}
+		return out
+	}
+	// A stable sort is several times slower than sorting the positions
+	// by prefix, then position.
+	order := make([]int32, len(changes))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int {
+		return cmp.Or(changes[a].Prefix.Compare(changes[b].Prefix), cmp.Compare(a, b))
+	})
+	out := make([]Route, 0, len(changes))
+	for i, o := range order {
+		if i+1 == len(order) || changes[order[i+1]].Prefix != changes[o].Prefix {
+			out = append(out, changes[o])
+		}
 	}
 	return out
 }
