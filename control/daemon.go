@@ -144,6 +144,16 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 	// the state itself, a retry or a resync nothing; at 10,000 VIPs
 	// rebuilding both takes milliseconds.
 	configured := false
+	// In a burst of BGP updates, an apply of routes waits until twice the
+	// last apply's time has passed since it ended: the daemon then takes at
+	// most a third of a core and leaves the rest to the speaker, with fewer
+	// and bigger batches, and a change after a quiet spell goes at once.
+	// Health changes and configurations never wait.
+	var calm time.Time
+	routesDue := false
+	routesTimer := time.NewTimer(0)
+	routesTimer.Stop()
+	defer routesTimer.Stop()
 	apply := func(why string) {
 		want, warns := Compile(Inputs{Config: cfg, Health: state, Learned: d.learnedRoutes(stale), Cache: cache})
 		now := make(map[Warning]bool, len(warns))
@@ -154,7 +164,10 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 			}
 		}
 		warned = now
-		if err := d.Reconciler.Apply(ctx, want); err != nil {
+		start := time.Now()
+		err := d.Reconciler.Apply(ctx, want)
+		routesDue, calm = false, time.Now().Add(2*time.Since(start))
+		if err != nil {
 			d.Log.Error("apply failed, will retry", "why", why, "err", err, "retry_in", backoff)
 			retry.Reset(backoff)
 			backoff = min(2*backoff, maxBackoff)
@@ -176,7 +189,8 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 			cfg, configured = c, false
 			apply("reload")
 		case <-d.wakeChan():
-			evs, changed := d.takeEvents()
+			evs, routes := d.takeEvents()
+			changed := false
 			for _, ev := range evs {
 				d.Log.Info("backend health", "backend", ev.ID, "up", ev.Up, "reason", ev.Reason)
 				if up, known := state[ev.ID]; known && up != ev.Up {
@@ -184,8 +198,19 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 					changed = true
 				}
 			}
-			if changed {
+			switch wait := time.Until(calm); {
+			case changed:
 				apply("health")
+			case !routes || routesDue:
+			case wait > 0:
+				routesDue = true
+				routesTimer.Reset(wait)
+			default:
+				apply("routes")
+			}
+		case <-routesTimer.C:
+			if routesDue {
+				apply("routes")
 			}
 		case <-staleEnd.C:
 			if stale {

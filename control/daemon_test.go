@@ -2,6 +2,7 @@ package control_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"reflect"
@@ -433,6 +434,91 @@ func TestDaemonStaleRoutes(t *testing.T) {
 		want = []string{"100.64.1.0/24 via 10.0.1.2, 10.0.2.2; 100.64.3.0/24 via 10.0.2.2"}
 		if got := routeSets(); !slices.Equal(got, want) {
 			t.Errorf("routes once StaleFor is over:\n%q\nwant\n%q", got, want)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	})
+}
+
+// slowRoutes is a route target whose Set takes a while, and that records
+// the time and the number of routes of each.
+type slowRoutes struct {
+	took time.Duration
+	mu   sync.Mutex
+	sets []string
+}
+
+func (s *slowRoutes) Set(_ context.Context, routes *route.List) error {
+	start := time.Now()
+	time.Sleep(s.took)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sets = append(s.sets, fmt.Sprintf("%s %d", start.Format("05.000"), routes.Len()))
+	return nil
+}
+
+func (s *slowRoutes) Resync() {}
+
+func (s *slowRoutes) take() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.sets
+	s.sets = nil
+	return out
+}
+
+// TestDaemonRouteBursts changes the learned routes in a burst and then
+// after a quiet spell: in the burst, an apply of routes waits until twice
+// the last one's time has passed since it ended and then takes every
+// change so far; after the quiet spell a change goes at once.
+func TestDaemonRouteBursts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := &world{}
+		rt := &slowRoutes{took: 10 * time.Millisecond}
+		rec := control.NewReconciler(control.Targets{L4: fakeL4{w}, Addresses: fakeAddrs{w}, Routes: rt}, fakeStore{w}, discard())
+		var mu sync.Mutex
+		learned := route.NewList(nil)
+		d := &control.Daemon{Reconciler: rec, Health: &fakeHealth{}, Log: discard(), Resync: time.Hour,
+			Learned: func() *route.List {
+				mu.Lock()
+				defer mu.Unlock()
+				return learned
+			},
+		}
+		learn := func(i int) {
+			mu.Lock()
+			p := netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64, byte(i), 0}), 24)
+			learned = learned.With([]route.Route{{Prefix: p, NextHops: []route.NextHop{{Addr: netip.MustParseAddr("10.0.1.2"), Weight: 1}}}})
+			mu.Unlock()
+			d.RoutesChanged()
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan error, 1)
+		go func() { done <- d.Run(ctx, parse(t, ""), nil, nil) }()
+		synctest.Wait()
+		t0 := time.Now()
+		at := func(ms int) { time.Sleep(t0.Add(time.Duration(ms) * time.Millisecond).Sub(time.Now())) }
+		// A quiet spell after the start, then a burst: one route every 5 ms.
+		at(1000)
+		for i := range 8 {
+			at(1000 + 5*i)
+			learn(i)
+		}
+		at(2000)
+		learn(100)
+		at(3000)
+		synctest.Wait()
+		want := []string{
+			"00.000 0", // the start
+			"01.000 1", // at once after the quiet spell; ends at 1.010, so waits till 1.030
+			"01.030 7", // the six changes since; ends at 1.040, so waits till 1.060
+			"01.060 8", // the last of the burst
+			"02.000 9", // at once after the quiet spell
+		}
+		if got := rt.take(); !slices.Equal(got, want) {
+			t.Errorf("route Sets (start, routes):\n%q\nwant\n%q", got, want)
 		}
 		cancel()
 		if err := <-done; err != nil {
