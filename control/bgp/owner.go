@@ -326,16 +326,12 @@ func (o *owner) stopServer(graceful bool) {
 // for, then runs BFD as the sessions' states want and publishes the result.
 func (o *owner) handle(ctx context.Context, ev event) {
 	routesOnly := true // the batch holds only routes of established sessions
-	nodesOnly := true  // and only of nodes, whose counts are the Speaker's own
 	for more := true; more; {
 		if ev.state != nil || (ev.paths == nil && !ev.eor) {
 			routesOnly = false
 		}
 		if ps := o.addrs[ev.addr]; ps != nil {
-			nodesOnly = nodesOnly && ps.Role == Node
 			o.note(ps, ev)
-		} else {
-			nodesOnly = false
 		}
 		select {
 		case ev = <-o.events:
@@ -354,13 +350,7 @@ func (o *owner) handle(ctx context.Context, ev event) {
 	if o.srv != nil {
 		o.gate(ctx)
 	}
-	switch {
-	case routesOnly && nodesOnly && o.states != nil:
-		// Nothing that gobgp lists changed.
-		o.publish(o.relearn(), o.neighbors(o.states))
-	default:
-		o.refresh(ctx, !routesOnly)
-	}
+	o.refresh(ctx, !routesOnly)
 }
 
 // note takes in one event about ps.
