@@ -325,12 +325,18 @@ func (o *owner) stopServer(graceful bool) {
 // handle takes ev and every other event already queued, and the resets gobgp was asked
 // for, then runs BFD as the sessions' states want and publishes the result.
 func (o *owner) handle(ctx context.Context, ev event) {
-	routesOnly := true // the batch holds only routes of established sessions
+	// What gobgp lists changes with a session's state, with End-of-RIB (a restart
+	// ends) and with the routes of an upstream (gobgp counts them), but not with the
+	// routes of a node, which the Speaker counts itself: listing takes gobgp's lock
+	// for a walk of every Adj-RIB-In (100 ms and more at 100,000 routes), during
+	// which no update is handled, so a burst of node routes lists nothing.
+	list, upstreamRoutes := false, false
 	for more := true; more; {
-		if ev.state != nil || (ev.paths == nil && !ev.eor) {
-			routesOnly = false
+		if ev.state != nil || ev.paths == nil {
+			list = true
 		}
 		if ps := o.addrs[ev.addr]; ps != nil {
+			upstreamRoutes = upstreamRoutes || (ev.paths != nil && ps.Role != Node)
 			o.note(ps, ev)
 		}
 		select {
@@ -350,7 +356,14 @@ func (o *owner) handle(ctx context.Context, ev event) {
 	if o.srv != nil {
 		o.gate(ctx)
 	}
-	o.refresh(ctx, !routesOnly)
+	switch {
+	case list || o.states == nil:
+		o.refresh(ctx, true)
+	case upstreamRoutes:
+		o.refresh(ctx, false)
+	default:
+		o.publish(o.relearn(), o.neighbors(o.states))
+	}
 }
 
 // note takes in one event about ps.
@@ -406,8 +419,9 @@ func (o *owner) refresh(ctx context.Context, list bool) {
 		o.publish(changes, nil)
 		return
 	}
-	// Route updates alone change only counters that gobgp lists: while they come in
-	// a burst, list at most every listEvery, and once more when the burst is over.
+	// An upstream's route updates change only counters that gobgp lists: while they
+	// come in a burst, list at most every listEvery, and once more when the burst is
+	// over.
 	if wait := listEvery - time.Since(o.listedAt); !list && o.states != nil && wait > 0 {
 		if o.relist == nil {
 			o.relist = time.NewTimer(wait)
