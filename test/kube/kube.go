@@ -48,7 +48,8 @@ type Options struct {
 	// the apiserver through Kubeconfig. Needs root.
 	Netns string
 	// Address is the address the apiserver listens on, in Netns; 127.0.0.1 if not valid.
-	// An address on a link lets processes in other namespaces reach it too.
+	// An address on a link lets processes in other namespaces reach it too. Without Netns
+	// it must be a loopback address.
 	Address netip.Addr
 }
 
@@ -79,6 +80,10 @@ func StartWith(t testing.TB, opt Options) *Cluster {
 	}
 	if !opt.Address.IsValid() {
 		opt.Address = netip.MustParseAddr("127.0.0.1")
+	}
+	if opt.Netns == "" && !opt.Address.IsLoopback() {
+		// Tests send traffic only to loopback or into namespaces they made.
+		t.Fatalf("kube: Options.Address %s: without Netns the apiserver listens on loopback only", opt.Address)
 	}
 	etcdBin, err := exec.LookPath("etcd")
 	if err != nil {
@@ -124,7 +129,13 @@ func StartWith(t testing.TB, opt Options) *Cluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.waitOK(etcdURL+"/health", http.DefaultClient, c.etcd); err != nil {
+	etcdHTTP := &http.Client{Transport: &http.Transport{}}
+	if opt.Netns != "" {
+		etcdHTTP.Transport = &http.Transport{DialContext: dialIn(opt.Netns)}
+	}
+	err = c.waitOK(etcdURL+"/health", etcdHTTP, c.etcd)
+	etcdHTTP.CloseIdleConnections()
+	if err != nil {
 		t.Fatal(err)
 	}
 
@@ -258,10 +269,6 @@ func (c *Cluster) StartAPIServer(t testing.TB) {
 
 // waitOK polls url until it answers 200, p or etcd exits, or readyTimeout passes.
 func (c *Cluster) waitOK(url string, hc *http.Client, p *proc) error {
-	if hc == http.DefaultClient && c.opt.Netns != "" {
-		hc = &http.Client{Transport: &http.Transport{DialContext: dialIn(c.opt.Netns)}}
-		defer hc.CloseIdleConnections()
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
 	var last error
