@@ -19,8 +19,10 @@ demo: build
 
 # Every test: pure ones, and kernel and end-to-end ones in throwaway
 # network namespaces (root; with CI=true they fail rather than skip
-# without it).
+# without it). kube-apiserver is built first (minutes the first time, then
+# cached) so that the build shows here rather than inside a test.
 test: build lint
+	test/kube/build.sh kube-apiserver >/dev/null
 	$(GO) test -race -count=1 -timeout 40m ./...
 
 lint:
