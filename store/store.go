@@ -1,6 +1,6 @@
 // Package store keeps the appliance's durable state in a bbolt file: the
-// schema version, the history of config revisions and the last applied
-// desired state.
+// schema version, the history of config revisions, the last applied
+// desired state and the address leases of Kubernetes Services.
 //
 // Each concern has its own top-level bucket, so later features (IPAM leases,
 // commit-confirmed state) add buckets without touching the existing ones.
@@ -23,7 +23,10 @@ import (
 
 // SchemaVersion is the layout of the buckets written by this package.
 // Version 2 keeps the applied state in parts; version 1 kept it whole, under
-// one key, which the daemon still reads as a part.
+// one key, which the daemon still reads as a part. The leases bucket came
+// later without a new version: Open creates it in a file that lacks it, and
+// a binary that knows no leases ignores it, which costs it nothing as it
+// hands out no addresses.
 const SchemaVersion = 2
 
 // KeepRevisions is how many of the newest revisions are kept; older ones
@@ -45,6 +48,7 @@ var (
 	bucketMeta      = []byte("meta")
 	bucketRevisions = []byte("revisions")
 	bucketApplied   = []byte("applied")
+	bucketLeases    = []byte("leases")
 
 	keySchemaVersion = []byte("schema_version")
 )
@@ -88,7 +92,7 @@ func Open(path string) (*Store, error) {
 // initSchema creates missing buckets and checks the schema version. It runs
 // in one transaction, so a new file is never left half-initialised.
 func initSchema(tx *bolt.Tx) error {
-	for _, name := range [][]byte{bucketMeta, bucketRevisions, bucketApplied} {
+	for _, name := range [][]byte{bucketMeta, bucketRevisions, bucketApplied, bucketLeases} {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return fmt.Errorf("create bucket %s: %w", name, err)
 		}
@@ -279,6 +283,47 @@ func (s *Store) LoadApplied() (map[string][]byte, error) {
 		return nil, fmt.Errorf("store: load applied state: %w", err)
 	}
 	return parts, nil
+}
+
+// SaveLeases changes the stored address leases in one transaction: each
+// lease of put is stored under its key, each key of del removed (a key
+// already gone is no error). On error nothing changed; on success the change
+// is on disk.
+func (s *Store) SaveLeases(put map[string][]byte, del []string) error {
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketLeases)
+		for _, k := range del {
+			if err := b.Delete([]byte(k)); err != nil {
+				return fmt.Errorf("delete %s: %w", k, err)
+			}
+		}
+		for k, v := range put {
+			if err := b.Put([]byte(k), v); err != nil {
+				return fmt.Errorf("put %s: %w", k, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("store: save leases: %w", err)
+	}
+	return nil
+}
+
+// LoadLeases returns every stored lease by key; none is an empty map, not
+// an error.
+func (s *Store) LoadLeases() (map[string][]byte, error) {
+	leases := map[string][]byte{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketLeases).ForEach(func(k, v []byte) error {
+			leases[string(k)] = bytes.Clone(v)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("store: load leases: %w", err)
+	}
+	return leases, nil
 }
 
 // itob encodes n as a big-endian key, so byte order matches numeric order.

@@ -379,3 +379,110 @@ func crashChild(path string) {
 	os.Stdin.Read(make([]byte, 1))
 	os.Exit(1)
 }
+
+func TestLeases(t *testing.T) {
+	s, path := openTemp(t)
+	if got, err := s.LoadLeases(); err != nil || len(got) != 0 {
+		t.Fatalf("LoadLeases on a new store = %q, %v; want none", got, err)
+	}
+	if err := s.SaveLeases(map[string][]byte{"a": []byte("1"), "b": []byte("1"), "c": []byte("1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveLeases(map[string][]byte{"b": []byte("2")}, []string{"c", "gone already"}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]byte{"a": []byte("1"), "b": []byte("2")}
+	// One transaction: an invalid key (empty) fails the whole call, so
+	// neither the delete of a nor the put of d happens.
+	if err := s.SaveLeases(map[string][]byte{"d": []byte("1"), "": []byte("x")}, []string{"a"}); err == nil {
+		t.Error("SaveLeases with an empty key succeeded")
+	}
+	s = reopen(t, s, path)
+	defer s.Close()
+	if got, err := s.LoadLeases(); err != nil || !maps.EqualFunc(got, want, bytes.Equal) {
+		t.Errorf("LoadLeases after reopen = %q, %v; want %q", got, err, want)
+	}
+}
+
+// TestLeasesOlderFile opens a file written before leases existed (no
+// leases bucket): it opens, has no leases, and takes new ones.
+func TestLeasesOlderFile(t *testing.T) {
+	s, path := openTemp(t)
+	if _, err := s.AddRevision(rev(1)); err != nil {
+		t.Fatal(err)
+	}
+	err := s.db.Update(func(tx *bolt.Tx) error { return tx.DeleteBucket(bucketLeases) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	s = reopen(t, s, path)
+	defer s.Close()
+	if got, err := s.LoadLeases(); err != nil || len(got) != 0 {
+		t.Fatalf("LoadLeases on an older file = %q, %v; want none", got, err)
+	}
+	if err := s.SaveLeases(map[string][]byte{"a": []byte("1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := s.LatestRevision(); err != nil || r.Number != 1 {
+		t.Errorf("LatestRevision = %+v, %v; want the older file's revision 1", r, err)
+	}
+}
+
+// leasesChildEnv, when set, makes TestLeasesCrashDurability act as the
+// child: it saves leases, says so on stdout and waits to be killed.
+const leasesChildEnv = "STORE_TEST_LEASES_CHILD"
+
+func TestLeasesCrashDurability(t *testing.T) {
+	if path := os.Getenv(leasesChildEnv); path != "" {
+		s, err := Open(path)
+		if err == nil {
+			err = s.SaveLeases(map[string][]byte{"a": []byte("2"), "b": []byte("1")}, []string{"c"})
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println("saved")
+		os.Stdin.Read(make([]byte, 1))
+		os.Exit(1)
+	}
+	s, path := openTemp(t)
+	if err := s.SaveLeases(map[string][]byte{"a": []byte("1"), "c": []byte("1")}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestLeasesCrashDurability$")
+	cmd.Env = append(os.Environ(), leasesChildEnv+"="+path)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, readErr := bufio.NewReader(stdout).ReadString('\n')
+	// SIGKILL right after SaveLeases returned: nothing after the commit runs.
+	cmd.Process.Kill()
+	cmd.Wait()
+	if readErr != nil || strings.TrimSpace(line) != "saved" {
+		t.Fatalf("child did not save: %q, %v\nstderr:\n%s", line, readErr, stderr.Bytes())
+	}
+	s, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want := map[string][]byte{"a": []byte("2"), "b": []byte("1")}
+	if got, err := s.LoadLeases(); err != nil || !maps.EqualFunc(got, want, bytes.Equal) {
+		t.Errorf("after crash, leases = %q, %v; want %q", got, err, want)
+	}
+}

@@ -252,6 +252,7 @@ bgp:
 management: {metrics: ':1'}
 `, want: []string{
 			"pools[0].name: required",
+			"pools[0].cidrs: at least one prefix required",
 			"bgp.asn: required when peers are configured",
 			`bgp.router-id: not an IPv4 address: "10.0.0.256"`,
 			"bgp.listen-port: must be 0..65535, not 70000",

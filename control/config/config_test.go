@@ -92,11 +92,11 @@ func TestParse(t *testing.T) {
 		{name: "unknown key in health", in: "vips: [" + vip + ", health: {type: tcp, retries: 3}}]",
 			want: []string{"vips[0].health.retries: unknown key"}},
 		{name: "unknown key in a pool", in: "pools: [{name: public, cidr: 203.0.113.0/24}]",
-			want: []string{"pools[0].cidr: unknown key"}},
+			want: []string{"pools[0].cidr: unknown key", "pools[0].cidrs: at least one prefix required"}},
 		{name: "unknown keys deep in bgp", in: "bgp: {asn: 65000, router-id: 10.0.0.1, graceful-restart: {enable: true}, peers: [{name: a, address: 10.0.1.11, asn: 65001, role: node, bfd: {enabled: true, min-rx: 1}}]}",
 			want: []string{"bgp.graceful-restart.enable: unknown key", "bgp.peers[0].bfd.min-rx: unknown key"}},
 		{name: "unknown key in kubernetes clusters", in: "kubernetes: {clusters: [{name: prod, context: x}]}",
-			want: []string{"kubernetes.clusters[0].context: unknown key"}},
+			want: []string{"kubernetes.clusters[0].context: unknown key", "kubernetes.clusters[0].kubeconfig: required"}},
 		{name: "unknown key in management", in: "management: {gnmi: {tls: {ca: x}, users: [{name: a, password: x}]}}",
 			want: []string{"management.gnmi.tls.ca: unknown key", "management.gnmi.users[0].password: unknown key"}},
 		{name: "keys are case-sensitive", in: "Name: edge1", want: []string{"Name: unknown key"}},
@@ -223,7 +223,51 @@ func TestParse(t *testing.T) {
 
 		// pools
 		{name: "pool name missing", in: "pools: [{cidrs: [203.0.113.0/24]}]", want: []string{"pools[0].name: required"}},
-		{name: "pool name twice", in: "pools: [{name: public}, {name: public}]", want: []string{`pools[1].name: "public" is already a pool`}},
+		{name: "pool name twice", in: "pools: [{name: public, cidrs: [203.0.113.0/25]}, {name: public, cidrs: [203.0.113.128/25]}]",
+			want: []string{`pools[1].name: "public" is already a pool`}},
+		{name: "pool without cidrs", in: "pools: [{name: public}, {name: empty, cidrs: []}]",
+			want: []string{"pools[0].cidrs: at least one prefix required", "pools[1].cidrs: at least one prefix required"}},
+		{name: "pool cidrs overlap within a pool", in: "pools: [{name: public, cidrs: [203.0.113.0/24, 203.0.113.128/25]}]",
+			want: []string{`pools[0].cidrs[1]: 203.0.113.128/25 overlaps 203.0.113.0/24 of pool "public" (pools[0].cidrs[0])`}},
+		{name: "pool cidr twice", in: "pools: [{name: public, cidrs: [203.0.113.0/24, 203.0.113.0/24]}]",
+			want: []string{`pools[0].cidrs[1]: 203.0.113.0/24 overlaps 203.0.113.0/24 of pool "public" (pools[0].cidrs[0])`}},
+		{name: "pool cidrs overlap across pools, longer first", in: "pools: [{name: a, cidrs: ['2001:db8::/64']}, {name: b, cidrs: [198.51.100.0/24, '2001:db8::/48']}]",
+			want: []string{`pools[1].cidrs[1]: 2001:db8::/48 overlaps 2001:db8::/64 of pool "a" (pools[0].cidrs[0])`}},
+		{name: "pool cidrs adjacent", in: "pools: [{name: a, cidrs: [203.0.113.0/25]}, {name: b, cidrs: [203.0.113.128/25, 203.0.114.0/32]}]"},
+		{name: "pool v4 and v6 of the same bits", in: "pools: [{name: a, cidrs: [10.0.0.0/8, '::/8']}]"},
+		{name: "pool v4-mapped", in: "pools: [{name: a, cidrs: ['::ffff:203.0.113.0/120']}]",
+			want: []string{"pools[0].cidrs[0]: ::ffff:203.0.113.0/120 is IPv4-mapped; write the IPv4 prefix instead"}},
+		{name: "pool dual-stack", in: "pools: [{name: public, cidrs: [203.0.113.0/24, '2001:db8::/64'], auto-assign: true}, {name: reserved, cidrs: [198.51.100.7/32]}]"},
+
+		// kubernetes
+		{name: "kubernetes minimal", in: "kubernetes: {clusters: [{name: prod, kubeconfig: /etc/appliance/prod.kubeconfig}]}"},
+		{name: "kubernetes everything", in: "kubernetes: {clusters: [{name: prod, kubeconfig: /k/prod}, {name: stage-2, kubeconfig: /k/stage}], load-balancer-class: example.com/lb, default-class: true, ingress-class: edge-1, forward-to: nodeports}"},
+		{name: "cluster name missing", in: "kubernetes: {clusters: [{kubeconfig: /k/prod}]}",
+			want: []string{"kubernetes.clusters[0].name: required"}},
+		{name: "cluster name twice", in: "kubernetes: {clusters: [{name: prod, kubeconfig: /k/a}, {name: prod, kubeconfig: /k/b}]}",
+			want: []string{`kubernetes.clusters[1].name: "prod" is already the name of kubernetes.clusters[0]`}},
+		{name: "cluster name not a label", in: "kubernetes: {clusters: [{name: Prod/1, kubeconfig: /k/a}]}",
+			want: []string{`kubernetes.clusters[0].name: must be a DNS label (lower case letters, digits and '-', at most 63), not "Prod/1"`}},
+		{name: "kubeconfig missing", in: "kubernetes: {clusters: [{name: prod}]}",
+			want: []string{"kubernetes.clusters[0].kubeconfig: required"}},
+		{name: "kubeconfig relative", in: "kubernetes: {clusters: [{name: prod, kubeconfig: prod.kubeconfig}]}",
+			want: []string{`kubernetes.clusters[0].kubeconfig: must be an absolute path, not "prod.kubeconfig"`}},
+		{name: "class without domain prefix", in: "kubernetes: {load-balancer-class: appliance}",
+			want: []string{`kubernetes.load-balancer-class: must have a domain prefix, like portico.dev/appliance, not "appliance"`}},
+		{name: "class with a bad name part", in: "kubernetes: {load-balancer-class: portico.dev/-x}",
+			want: []string{`kubernetes.load-balancer-class: must be a qualified name with a domain prefix, like portico.dev/appliance, not "portico.dev/-x": name part …`}},
+		{name: "class with a bad prefix", in: "kubernetes: {load-balancer-class: Portico_dev/appliance}",
+			want: []string{`kubernetes.load-balancer-class: must be a qualified name with a domain prefix, like portico.dev/appliance, not "Portico_dev/appliance": prefix part …`}},
+		{name: "class with two slashes", in: "kubernetes: {load-balancer-class: a.b/c/d}",
+			want: []string{`kubernetes.load-balancer-class: must be a qualified name with a domain prefix, like portico.dev/appliance, not "a.b/c/d": …`}},
+		{name: "forward-to unknown", in: "kubernetes: {forward-to: nodes}",
+			want: []string{`kubernetes.forward-to: must be pods or nodeports, not "nodes"`}},
+		{name: "forward-to is lower case", in: "kubernetes: {forward-to: Pods}",
+			want: []string{`kubernetes.forward-to: must be pods or nodeports, not "Pods"`}},
+		{name: "ingress class not a label", in: "kubernetes: {ingress-class: portico.dev}",
+			want: []string{`kubernetes.ingress-class: must be a DNS label (lower case letters, digits and '-', at most 63), not "portico.dev"`}},
+		{name: "ingress class too long", in: "kubernetes: {ingress-class: " + strings.Repeat("a", 64) + "}",
+			want: []string{`kubernetes.ingress-class: must be a DNS label (lower case letters, digits and '-', at most 63), not "` + strings.Repeat("a", 64) + `"`}},
 		{name: "pool cidr with host bits", in: "pools: [{name: public, cidrs: [203.0.113.0/24, 203.0.113.1/24]}]",
 			want: []string{`pools[0].cidrs[1]: not a network prefix (address bits past the length must be zero): "203.0.113.1/24"`}},
 		{name: "pool cidr not a prefix", in: "pools: [{name: public, cidrs: [203.0.113.0]}]",
@@ -252,6 +296,7 @@ pools: [{name: ""}]
 			`vips[1].name: "web" is already the name of vips[0]`,
 			`vips[1].address: not an IP address: "203.0.113.300"`,
 			"pools[0].name: required",
+			"pools[0].cidrs: at least one prefix required",
 		}},
 	}
 	for _, tt := range tests {
@@ -565,5 +610,39 @@ func TestErrorsFormat(t *testing.T) {
 	es := config.Errors{{Path: "vips[0].port", Reason: "must be 1..65535, not 0"}, {Path: "log.level", Reason: "bad"}}
 	if got, want := es.Error(), "vips[0].port: must be 1..65535, not 0\nlog.level: bad"; got != want {
 		t.Errorf("Error() = %q, want %q", got, want)
+	}
+}
+
+// TestParseKubernetesDefaults: the class and forward-to take their defaults
+// only when clusters are configured; values given are kept.
+func TestParseKubernetesDefaults(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want config.Kubernetes
+	}{
+		{name: "no kubernetes", in: "", want: config.Kubernetes{}},
+		{name: "no clusters", in: "kubernetes: {default-class: true}", want: config.Kubernetes{DefaultClass: true}},
+		{name: "clusters", in: "kubernetes: {clusters: [{name: prod, kubeconfig: /k/prod}]}",
+			want: config.Kubernetes{
+				Clusters:          []config.Cluster{{Name: "prod", Kubeconfig: "/k/prod"}},
+				LoadBalancerClass: config.DefaultLoadBalancerClass, ForwardTo: "pods",
+			}},
+		{name: "given values kept", in: "kubernetes: {clusters: [{name: prod, kubeconfig: /k/prod}], load-balancer-class: example.com/lb, forward-to: nodeports}",
+			want: config.Kubernetes{
+				Clusters:          []config.Cluster{{Name: "prod", Kubeconfig: "/k/prod"}},
+				LoadBalancerClass: "example.com/lb", ForwardTo: "nodeports",
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := config.Parse([]byte(tt.in), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(c.Kubernetes, tt.want) {
+				t.Errorf("kubernetes = %+v, want %+v", c.Kubernetes, tt.want)
+			}
+		})
 	}
 }

@@ -7,6 +7,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/api/validate/content"
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 // Defaults for what a file leaves out.
@@ -24,6 +27,13 @@ const (
 	DefaultBFDInterval   = 300 * time.Millisecond
 	DefaultBFDMultiplier = 3
 	DefaultRestartTime   = 120 * time.Second
+
+	// DefaultLoadBalancerClass is the kubernetes.load-balancer-class
+	// when clusters are configured and the key is empty.
+	DefaultLoadBalancerClass = "portico.dev/appliance"
+	// DefaultForwardTo is the kubernetes.forward-to when clusters are
+	// configured and the key is empty.
+	DefaultForwardTo = "pods"
 )
 
 // Limits of the BGP keys.
@@ -80,6 +90,16 @@ func (c *Config) setDefaults() {
 		}
 	}
 	c.BGP.setDefaults()
+	// The kubernetes defaults apply only with clusters, so that a file
+	// without them keeps the section empty (and show config says so).
+	if len(c.Kubernetes.Clusters) > 0 {
+		if c.Kubernetes.LoadBalancerClass == "" {
+			c.Kubernetes.LoadBalancerClass = DefaultLoadBalancerClass
+		}
+		if c.Kubernetes.ForwardTo == "" {
+			c.Kubernetes.ForwardTo = DefaultForwardTo
+		}
+	}
 }
 
 // setDefaults fills the BGP keys a file leaves out or sets to 0. A 0
@@ -193,22 +213,9 @@ func (c *Config) Validate() Errors {
 			}
 		}
 	}
-	poolNames := map[string]bool{}
-	for i, pl := range c.Pools {
-		p := fmt.Sprintf("pools[%d]", i)
-		if pl.Name == "" {
-			bad(p+".name", "required")
-		} else if poolNames[pl.Name] {
-			bad(p+".name", "%q is already a pool", pl.Name)
-		}
-		poolNames[pl.Name] = true
-		for j, cidr := range pl.CIDRs {
-			if pfx, err := netip.ParsePrefix(cidr); err != nil || pfx.Masked() != pfx {
-				bad(fmt.Sprintf("%s.cidrs[%d]", p, j), "not a network prefix (address bits past the length must be zero): %q", cidr)
-			}
-		}
-	}
+	validatePools(c.Pools, bad)
 	validateBGP(&c.BGP, bad)
+	validateKubernetes(&c.Kubernetes, bad)
 	if s := c.Management.GNMI.Socket; s != "" && !filepath.IsAbs(s) {
 		bad("management.gnmi.socket", "must be an absolute path, not %q", s)
 	}
@@ -218,6 +225,96 @@ func (c *Config) Validate() Errors {
 		}
 	}
 	return errs
+}
+
+// validatePools checks the pools' names and prefixes. No address may be in
+// two prefixes, of one pool or of two, because the address manager must know
+// which pool, and so which auto-assign setting, an address belongs to.
+func validatePools(pools []Pool, bad func(string, string, ...any)) {
+	type seenPrefix struct {
+		pfx  netip.Prefix
+		path string
+		pool string
+	}
+	var seen []seenPrefix
+	poolNames := map[string]bool{}
+	for i, pl := range pools {
+		p := fmt.Sprintf("pools[%d]", i)
+		if pl.Name == "" {
+			bad(p+".name", "required")
+		} else if poolNames[pl.Name] {
+			bad(p+".name", "%q is already a pool", pl.Name)
+		}
+		poolNames[pl.Name] = true
+		if len(pl.CIDRs) == 0 {
+			bad(p+".cidrs", "at least one prefix required")
+		}
+		for j, cidr := range pl.CIDRs {
+			cp := fmt.Sprintf("%s.cidrs[%d]", p, j)
+			pfx, err := netip.ParsePrefix(cidr)
+			switch {
+			case err != nil || pfx.Masked() != pfx:
+				bad(cp, "not a network prefix (address bits past the length must be zero): %q", cidr)
+				continue
+			case pfx.Addr().Is4In6():
+				bad(cp, "%s is IPv4-mapped; write the IPv4 prefix instead", pfx)
+				continue
+			}
+			overlap := false
+			for _, o := range seen {
+				if o.pfx.Overlaps(pfx) {
+					bad(cp, "%s overlaps %s of pool %q (%s)", pfx, o.pfx, o.pool, o.path)
+					overlap = true
+					break
+				}
+			}
+			if !overlap {
+				seen = append(seen, seenPrefix{pfx, cp, pl.Name})
+			}
+		}
+	}
+}
+
+// validateKubernetes checks the kubernetes keys. The class and the ingress
+// class are checked whenever they are set, cluster or not.
+func validateKubernetes(k *Kubernetes, bad func(string, string, ...any)) {
+	names := map[string]string{}
+	for i, cl := range k.Clusters {
+		p := fmt.Sprintf("kubernetes.clusters[%d]", i)
+		switch {
+		case cl.Name == "":
+			bad(p+".name", "required")
+		case len(validation.IsDNS1123Label(cl.Name)) > 0:
+			// The name is the first part of a Service's key
+			// (cluster/namespace/name) in leases, logs and Events.
+			bad(p+".name", "must be a DNS label (lower case letters, digits and '-', at most 63), not %q", cl.Name)
+		case names[cl.Name] != "":
+			bad(p+".name", "%q is already the name of %s", cl.Name, names[cl.Name])
+		default:
+			names[cl.Name] = p
+		}
+		switch {
+		case cl.Kubeconfig == "":
+			bad(p+".kubeconfig", "required")
+		case !filepath.IsAbs(cl.Kubeconfig):
+			bad(p+".kubeconfig", "must be an absolute path, not %q", cl.Kubeconfig)
+		}
+	}
+	if c := k.LoadBalancerClass; c != "" {
+		if msgs := content.IsLabelKey(c); len(msgs) > 0 {
+			bad("kubernetes.load-balancer-class", "must be a qualified name with a domain prefix, like %s, not %q: %s", DefaultLoadBalancerClass, c, strings.Join(msgs, "; "))
+		} else if !strings.Contains(c, "/") {
+			bad("kubernetes.load-balancer-class", "must have a domain prefix, like %s, not %q", DefaultLoadBalancerClass, c)
+		}
+	}
+	switch k.ForwardTo {
+	case "", "pods", "nodeports":
+	default:
+		bad("kubernetes.forward-to", "must be pods or nodeports, not %q", k.ForwardTo)
+	}
+	if ic := k.IngressClass; ic != "" && len(validation.IsDNS1123Label(ic)) > 0 {
+		bad("kubernetes.ingress-class", "must be a DNS label (lower case letters, digits and '-', at most 63), not %q", ic)
+	}
 }
 
 func validateHealth(p string, h *Health, bad func(string, string, ...any)) {
