@@ -236,9 +236,14 @@ func sliceFrom(es *discoveryv1.EndpointSlice) (s slice, problems []string, err e
 			}
 			out.Addresses = append(out.Addresses, addr.Unmap())
 		}
-		if len(bad) > 0 || len(out.Addresses) == 0 {
+		switch {
+		case len(bad) > 0:
 			problems = append(problems, fmt.Sprintf("endpointslice %s/%s: endpoints[%d]: addresses %s: not IP addresses; endpoint skipped",
 				es.Namespace, es.Name, i, strings.Join(bad, ", ")))
+			continue
+		case len(out.Addresses) == 0:
+			problems = append(problems, fmt.Sprintf("endpointslice %s/%s: endpoints[%d]: no addresses; endpoint skipped",
+				es.Namespace, es.Name, i))
 			continue
 		}
 		s.endpoints = append(s.endpoints, out)
