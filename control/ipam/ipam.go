@@ -179,6 +179,9 @@ type owner struct {
 	key        Key
 	sharingKey string
 	ports      []Port
+	// unseen: a lease of a Service Reconcile did not find in its
+	// cluster's view, whose annotations and ports are unknown.
+	unseen bool
 }
 
 // state is the address book of one allocation.
@@ -221,17 +224,38 @@ func lastAddr(p netip.Prefix) netip.Addr {
 // conflict returns why o cannot take a, or "" when it can: a is free, or
 // every holder shares o's non-empty sharing key and no port collides.
 func (s *state) conflict(a netip.Addr, o owner) string {
+	_, why := s.blocker(a, o)
+	return why
+}
+
+// blocker returns the first holder of a that o may not share it with, and
+// why; "" when there is none.
+func (s *state) blocker(a netip.Addr, o owner) (Key, string) {
 	for _, h := range s.owners[a] {
 		if h.key == o.key {
 			continue
 		}
-		if o.sharingKey == "" || h.sharingKey != o.sharingKey {
-			return fmt.Sprintf("address %s is held by %s, and the two do not carry the same %s annotation", a, h.key, AnnotationSharingKey)
+		if why := clash(a, h, o); why != "" {
+			return h.key, why
 		}
-		for _, p := range o.ports {
-			if slices.Contains(h.ports, p) {
-				return fmt.Sprintf("port %s collides on shared address %s with port %s of %s", p, a, p, h.key)
-			}
+	}
+	return Key{}, ""
+}
+
+// clash returns why o may not share a with its holder h, or "" when it
+// may: both carry the same non-empty sharing key and no port is used by
+// both. A holder whose Service is unseen shares with nobody, as its
+// annotations and ports are unknown.
+func clash(a netip.Addr, h, o owner) string {
+	if h.unseen {
+		return fmt.Sprintf("address %s is held by %s, which is not in its cluster's view, so whether the two may share it is unknown", a, h.key)
+	}
+	if o.sharingKey == "" || h.sharingKey != o.sharingKey {
+		return fmt.Sprintf("address %s is held by %s, and the two do not carry the same %s annotation", a, h.key, AnnotationSharingKey)
+	}
+	for _, p := range o.ports {
+		if slices.Contains(h.ports, p) {
+			return fmt.Sprintf("port %s collides on shared address %s with port %s of %s", p, a, p, h.key)
 		}
 	}
 	return ""
