@@ -15,7 +15,8 @@
 //   - One address has one owner, except that Services carrying the same
 //     sharing key (annotation portico.dev/sharing-key) may share it when no
 //     port (number and protocol) is used by two of them.
-//   - A lease is kept while its Service still wants the address. Services
+//   - A lease is kept while its Service still wants the address: no other
+//     Service's request or auto-assignment takes it. Services
 //     are processed one at a time, all their families at once, in a fixed
 //     order (holders of a kept lease, oldest lease first; then Services
 //     that request addresses; then the rest; ties by key), so the result
@@ -188,6 +189,10 @@ type owner struct {
 type state struct {
 	pools  []Pool
 	owners map[netip.Addr][]owner
+	// promised holds the kept leases of Services not served yet, so
+	// that auto-assigning an earlier Service's other family does not take
+	// them.
+	promised map[netip.Addr][]owner
 }
 
 // poolOf returns the pool and prefix holding a, if any.
@@ -267,7 +272,7 @@ func (s *state) autoAssign(f Family, o owner) (netip.Addr, string) {
 	if o.sharingKey != "" {
 		var best netip.Addr
 		for a, hs := range s.owners {
-			if familyOf(a) != f || len(hs) == 0 || s.conflict(a, o) != "" {
+			if familyOf(a) != f || len(hs) == 0 || s.conflict(a, o) != "" || s.promisedConflict(a, o) != "" {
 				continue
 			}
 			if pl, _, ok := s.poolOf(a); !ok || !pl.AutoAssign {
@@ -291,11 +296,12 @@ func (s *state) autoAssign(f Family, o owner) (netip.Addr, string) {
 				continue
 			}
 			names = append(names, pl.Name)
-			// Every address taken is in s.owners, so the first free
-			// one is at most len(s.owners)+2 steps away, however
+			// Every address taken is in s.owners or s.promised, so
+			// the first free one is at most
+			// len(s.owners)+len(s.promised)+2 steps away, however
 			// large the prefix.
 			for a := p.Addr(); a.IsValid() && p.Contains(a); a = a.Next() {
-				if !reserved(p, a) && len(s.owners[a]) == 0 {
+				if !reserved(p, a) && len(s.owners[a]) == 0 && len(s.promised[a]) == 0 {
 					return a, ""
 				}
 			}
@@ -305,6 +311,20 @@ func (s *state) autoAssign(f Family, o owner) (netip.Addr, string) {
 		return netip.Addr{}, fmt.Sprintf("no auto-assign pool has %s addresses", f)
 	}
 	return netip.Addr{}, fmt.Sprintf("no free %s address in any auto-assign pool (%s)", f, strings.Join(slices.Compact(names), ", "))
+}
+
+// promisedConflict returns why o may not take a that is promised to
+// another Service, or "" when it may.
+func (s *state) promisedConflict(a netip.Addr, o owner) string {
+	for _, h := range s.promised[a] {
+		if h.key == o.key {
+			continue
+		}
+		if why := clash(a, h, o); why != "" {
+			return why
+		}
+	}
+	return ""
 }
 
 func familyOf(a netip.Addr) Family {
@@ -472,8 +492,23 @@ func Allocate(pools []Pool, leases []Lease, services []Service) Result {
 		return cmp.Or(cmp.Compare(a.class, b.class), cmp.Compare(a.oldest, b.oldest), a.p.svc.Key.Compare(b.p.svc.Key))
 	})
 
+	// Kept leases are promised before any Service is served: without
+	// that, an older holder auto-assigning its other family would take
+	// the lowest free address even when a younger holder keeps it.
+	s.promised = map[netip.Addr][]owner{}
+	for _, it := range items {
+		for _, l := range it.keep {
+			s.promised[l.Address] = append(s.promised[l.Address], ownerOf(it.p))
+		}
+	}
 	var res Result
 	for _, it := range items {
+		for _, l := range it.keep {
+			s.promised[l.Address] = slices.DeleteFunc(s.promised[l.Address], func(o owner) bool { return o.key == it.p.svc.Key })
+			if len(s.promised[l.Address]) == 0 {
+				delete(s.promised, l.Address)
+			}
+		}
 		d, ls := s.serve(it.p, it.keep, nextSeq)
 		if len(ls) > 0 && slices.ContainsFunc(ls, func(l Lease) bool { return l.Seq == nextSeq }) {
 			nextSeq++
@@ -496,7 +531,7 @@ func (s *state) serve(p parsed, keep []Lease, seq uint64) (Decision, []Lease) {
 		d.Reason = p.err
 		return d, nil
 	}
-	o := owner{key: p.svc.Key, sharingKey: p.svc.Annotations[AnnotationSharingKey], ports: p.svc.Ports}
+	o := ownerOf(p)
 	var took []netip.Addr
 	var leases []Lease
 	var missing []string
@@ -540,7 +575,9 @@ func (s *state) serve(p parsed, keep []Lease, seq uint64) (Decision, []Lease) {
 			} else if reserved(pfx, r) {
 				why = fmt.Sprintf("requested address %s (%s) is the network or broadcast address of %s", r, p.source, pfx)
 			} else if why = s.conflict(r, o); why == "" {
-				leases = append(leases, Lease{Service: o.key, Address: r, Seq: seq})
+				if why = s.promisedConflict(r, o); why == "" {
+					leases = append(leases, Lease{Service: o.key, Address: r, Seq: seq})
+				}
 			}
 		} else {
 			a, why = s.autoAssign(f, o)
@@ -575,6 +612,11 @@ func (s *state) serve(p parsed, keep []Lease, seq uint64) (Decision, []Lease) {
 		d.Reason = "served in part: " + strings.Join(missing, "; ")
 	}
 	return d, leases
+}
+
+// ownerOf is p as a holder of addresses.
+func ownerOf(p parsed) owner {
+	return owner{key: p.svc.Key, sharingKey: p.svc.Annotations[AnnotationSharingKey], ports: p.svc.Ports}
 }
 
 func (s *state) release(a netip.Addr, k Key) {
