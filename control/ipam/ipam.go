@@ -3,6 +3,8 @@
 // the pools, the current leases and the wanted Services and returns every
 // Service's addresses (or the reason it gets none) and the new set of
 // leases; persisting leases and writing Service status are the caller's.
+// On start, Reconcile first merges the stored leases with the addresses
+// the clusters' Service statuses show (see its rules).
 //
 // Rules, in the words an operator reads in a refusal:
 //   - A Service may request addresses (annotation portico.dev/address,
