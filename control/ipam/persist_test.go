@@ -49,3 +49,58 @@ func TestLeasesThroughStore(t *testing.T) {
 		t.Error("a broken record decoded")
 	}
 }
+
+// TestReconcileThroughStore: a restart through the real store. The store
+// says a holds 203.0.113.1, but the cluster shows a on 203.0.113.2 and b,
+// a new Service, on 203.0.113.1: the status wins where the address is
+// free, the reconciled leases survive a reopen, and Allocate on them keeps
+// every address and writes nothing more.
+func TestReconcileThroughStore(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	st, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put, del := EncodeLeases(nil, []Lease{lease("a", "203.0.113.1", 1), lease("gone", "198.51.100.1", 2)})
+	if err := st.SaveLeases(put, del); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	if st, err = store.Open(path); err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	raw, err := st.LoadLeases()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored, err := DecodeLeases(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	observed := []Observed{obs("203.0.113.1", "b"), obs("203.0.113.2", "a")}
+	r := Reconcile(testPools, stored, observed, c1Complete)
+	leases, _ := dumpReconciled(r)
+	if want := []string{"b 203.0.113.1 3", "a 203.0.113.2 1"}; !slices.Equal(leases, want) {
+		t.Fatalf("reconciled leases %v, want %v", leases, want)
+	}
+	put, del = EncodeLeases(raw, r.Leases)
+	if err := st.SaveLeases(put, del); err != nil {
+		t.Fatal(err)
+	}
+	raw, err = st.LoadLeases()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := DecodeLeases(raw); err != nil || len(got) != 2 {
+		t.Fatalf("stored after reconcile: %v, %v; want the 2 reconciled leases", got, err)
+	}
+	alloc := Allocate(testPools, r.Leases, []Service{observed[0].Service, observed[1].Service})
+	if got, want := dump(alloc), []string{"a: [203.0.113.2]", "b: [203.0.113.1]"}; !slices.Equal(got, want) {
+		t.Errorf("Allocate after Reconcile: %v, want %v", got, want)
+	}
+	if put, del := EncodeLeases(raw, alloc.Leases); len(put) != 0 || len(del) != 0 {
+		t.Errorf("Allocate after Reconcile changed the store: put %q, del %v", put, del)
+	}
+}
