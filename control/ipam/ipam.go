@@ -423,7 +423,6 @@ func parse(svc Service) parsed {
 // the sets given, not on their order, and never gives one address to two
 // Services unless both carry the same sharing key and no port collides.
 func Allocate(pools []Pool, leases []Lease, services []Service) Result {
-	s := &state{pools: pools, owners: map[netip.Addr][]owner{}}
 	byKey := map[Key][]Lease{}
 	var nextSeq uint64 = 1
 	for _, l := range leases {
@@ -448,6 +447,34 @@ func Allocate(pools []Pool, leases []Lease, services []Service) Result {
 		seen[svc.Key] = true
 		ps = append(ps, parse(svc))
 	}
+
+	// A kept lease that is not kept after all (its Service refused, or
+	// an older lease in the way) has blocked others' requests and
+	// auto-assignment for nothing, and the next run would not see it:
+	// run again without it, so that a run on its own leases changes
+	// nothing. Only the last Service served whose kept lease broke loses
+	// it: an earlier one may have been blocked by that very lease, while
+	// the last one was blocked by nothing that broke. Each pass drops a
+	// lease, so this ends; a pass more is rare (a cycle of requests for
+	// each other's leased addresses).
+	for {
+		res, broken := allocateOnce(pools, byKey, ps, nextSeq)
+		if len(broken) == 0 {
+			return res
+		}
+		last := broken[len(broken)-1].Service
+		for _, l := range broken {
+			if l.Service == last {
+				byKey[last] = slices.DeleteFunc(byKey[last], func(x Lease) bool { return x.Address == l.Address })
+			}
+		}
+	}
+}
+
+// allocateOnce is one pass of Allocate: the result, and the kept leases
+// that did not end up in it, in the order their Services were served.
+func allocateOnce(pools []Pool, byKey map[Key][]Lease, ps []parsed, nextSeq uint64) (Result, []Lease) {
+	s := &state{pools: pools, owners: map[netip.Addr][]owner{}}
 
 	// kept returns the leases of p that it still wants: one per family
 	// it is served for, equal to its request when it has one, inside a
@@ -504,6 +531,7 @@ func Allocate(pools []Pool, leases []Lease, services []Service) Result {
 		}
 	}
 	var res Result
+	var broken []Lease
 	for _, it := range items {
 		for _, l := range it.keep {
 			s.promised[l.Address] = slices.DeleteFunc(s.promised[l.Address], func(o owner) bool { return o.key == it.p.svc.Key })
@@ -517,12 +545,17 @@ func Allocate(pools []Pool, leases []Lease, services []Service) Result {
 		}
 		res.Decisions = append(res.Decisions, d)
 		res.Leases = append(res.Leases, ls...)
+		for _, l := range it.keep {
+			if !slices.Contains(ls, l) {
+				broken = append(broken, l)
+			}
+		}
 	}
 	slices.SortFunc(res.Decisions, func(a, b Decision) int { return a.Service.Compare(b.Service) })
 	slices.SortFunc(res.Leases, func(a, b Lease) int {
 		return cmp.Or(a.Address.Compare(b.Address), a.Service.Compare(b.Service))
 	})
-	return res
+	return res, broken
 }
 
 // serve gives p its addresses, all families at once, or none: on refusal
