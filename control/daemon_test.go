@@ -500,10 +500,12 @@ func TestDaemonRouteBursts(t *testing.T) {
 		synctest.Wait()
 		t0 := time.Now()
 		at := func(ms int) { time.Sleep(t0.Add(time.Duration(ms) * time.Millisecond).Sub(time.Now())) }
-		// A quiet spell after the start, then a burst: one route every 5 ms.
+		// A quiet spell after the start, then a burst: one route every 4 ms
+		// (never at the instant an apply is due: which goes first would be
+		// a toss).
 		at(1000)
-		for i := range 8 {
-			at(1000 + 5*i)
+		for i := range 12 {
+			at(1001 + 4*i)
 			learn(i)
 		}
 		at(2000)
@@ -511,11 +513,11 @@ func TestDaemonRouteBursts(t *testing.T) {
 		at(3000)
 		synctest.Wait()
 		want := []string{
-			"00.000 0", // the start
-			"01.000 1", // at once after the quiet spell; ends at 1.010, so waits till 1.030
-			"01.030 7", // the six changes since; ends at 1.040, so waits till 1.060
-			"01.060 8", // the last of the burst
-			"02.000 9", // at once after the quiet spell
+			"00.000 0",  // the start
+			"01.001 1",  // at once after the quiet spell; ends at 1.011, so waits till 1.031
+			"01.031 8",  // the seven changes since; ends at 1.041, so waits till 1.061
+			"01.061 12", // the rest of the burst
+			"02.000 13", // at once after the quiet spell
 		}
 		if got := rt.take(); !slices.Equal(got, want) {
 			t.Errorf("route Sets (start, routes):\n%q\nwant\n%q", got, want)
