@@ -472,3 +472,29 @@ func TestCompileKubernetesDeterministic(t *testing.T) {
 		}
 	}
 }
+
+// TestCompileKubernetesSameKey: two Kubernetes VIPs on one key (IPAM
+// prevents it; a hand-made result does not) make one VIP, the first
+// Service's by key, and a warning naming the other.
+func TestCompileKubernetesSameKey(t *testing.T) {
+	port := []kube.Port{tcp("http", 80, 0)}
+	snap := &kube.Snapshot{Cluster: "c1", Synced: true, Services: []kube.Service{
+		service("b", "", "Cluster", port, endpoint("s", "10.1.0.2", "n1", "ready", "http=8080")),
+		service("a", "", "Cluster", port, endpoint("s", "10.1.0.1", "n1", "ready", "http=8080")),
+	}}
+	addr := []netip.Addr{netip.MustParseAddr("203.0.113.1")}
+	res := ipam.Result{Decisions: []ipam.Decision{
+		{Service: ipam.Key{Cluster: "c1", Namespace: "ns", Name: "a"}, Addresses: addr},
+		{Service: ipam.Key{Cluster: "c1", Namespace: "ns", Name: "b"}, Addresses: addr},
+	}}
+	d, warns := control.Compile(control.Inputs{Config: parse(t, "vips: []\n"),
+		Kubernetes: control.Kubernetes{Clusters: []*kube.Snapshot{snap}, Addresses: res}})
+	if got, want := dumpVIPs(d.VIPs), []string{"k8s/c1/ns/a/http/ipv4 203.0.113.1:80/tcp: 10.1.0.1:8080 w1 up"}; !slices.Equal(got, want) {
+		t.Errorf("VIPs %v, want %v", got, want)
+	}
+	want := []control.Warning{{Path: "k8s/c1/ns/b", Service: ipam.Key{Cluster: "c1", Namespace: "ns", Name: "b"},
+		Message: `port http (80/TCP) on 203.0.113.1: 203.0.113.1:80/tcp is already the VIP "k8s/c1/ns/a/http/ipv4"; port not served`}}
+	if !reflect.DeepEqual(warns, want) {
+		t.Errorf("warnings %v, want %v", warns, want)
+	}
+}
