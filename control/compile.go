@@ -63,10 +63,10 @@ func Compile(in Inputs) (Desired, []Warning) {
 		}
 		d.VIPs = append(d.VIPs, v)
 	}
-	in.Cache.end()
-	kvips, kwarns := compileKubernetes(in.Config.Kubernetes.ForwardTo, in.Kubernetes, d.VIPs)
+	kvips, kwarns := compileKubernetes(in.Config.Kubernetes.ForwardTo, in.Kubernetes, d.VIPs, in.Cache)
 	d.VIPs = append(d.VIPs, kvips...)
 	warns = append(warns, kwarns...)
+	in.Cache.end()
 	slices.SortFunc(d.VIPs, func(a, b VIP) int { return a.Key.Compare(b.Key) })
 	d.BGP, warns = compileBGP(in.Config.BGP, d, warns)
 	d.Routes = in.Learned

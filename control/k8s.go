@@ -71,6 +71,7 @@ type k8sCompiler struct {
 	// taken are the Kubernetes VIPs made so far, by key, to refuse a
 	// second one on the same key.
 	taken map[nft.Key]string
+	cache *Cache
 	vips  []VIP
 	warns []Warning
 }
@@ -78,13 +79,14 @@ type k8sCompiler struct {
 // compileKubernetes makes one VIP per (address, port, protocol) of every
 // Service that IPAM gave addresses, and warns, naming the Service, of each
 // Service, address or port refused or skipped. static are the configured
-// VIPs, which win any collision.
-func compileKubernetes(forwardTo string, k Kubernetes, static []VIP) ([]VIP, []Warning) {
+// VIPs, which win any collision; cache, when not nil, keeps lookup tables
+// from one compile to the next.
+func compileKubernetes(forwardTo string, k Kubernetes, static []VIP, cache *Cache) ([]VIP, []Warning) {
 	if len(k.Clusters) == 0 {
 		return nil, nil
 	}
 	c := &k8sCompiler{
-		forwardTo: cmp.Or(forwardTo, forwardToPods), addresses: k.Addresses,
+		forwardTo: cmp.Or(forwardTo, forwardToPods), addresses: k.Addresses, cache: cache,
 		static: map[nft.Key]string{}, staticNames: map[string]bool{}, taken: map[nft.Key]string{},
 	}
 	for _, v := range static {
@@ -177,11 +179,10 @@ func (c *k8sCompiler) port(s *kube.Snapshot, svc *kube.Service, key ipam.Key, ad
 	default:
 		v.Backends = c.podBackends(svc, key, what, addr, p)
 	}
-	slots, err := table(v)
+	v, err := c.cache.k8sVIP(v)
 	if err != nil {
 		c.warn(key, "%s: lookup table: %v", what, err)
 	}
-	v.Slots = slots
 	if len(v.Slots) == 0 {
 		c.warn(key, "%s: no backend is up (no ready endpoint): new connections to %s are refused and the address is not announced for it", what, v.Key)
 	}

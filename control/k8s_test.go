@@ -498,3 +498,64 @@ func TestCompileKubernetesSameKey(t *testing.T) {
 		t.Errorf("warnings %v, want %v", warns, want)
 	}
 }
+
+// TestCompileKubernetesCache compiles a sequence of snapshots with one
+// Cache and without: the Desireds and warnings are equal each time, and
+// a VIP whose backends did not change keeps its very lookup table.
+func TestCompileKubernetesCache(t *testing.T) {
+	c := parse(t, "vips:\n  - {name: s, address: 198.51.100.1, port: 80, backends: [{address: 10.9.0.1:80}]}\n")
+	ports := []kube.Port{tcp("http", 80, 0), tcp("https", 443, 0)}
+	snap := func(webState string, extra bool) *kube.Snapshot {
+		s := &kube.Snapshot{Cluster: "c1", Synced: true, Services: []kube.Service{
+			service("web", "203.0.113.5", "Cluster", ports,
+				endpoint("s", "10.1.0.1", "n1", "ready", "http=8080", "https=8443"),
+				endpoint("s", "10.1.0.2", "n1", webState, "http=8080")),
+			service("api", "203.0.113.6", "Cluster", ports[:1], endpoint("s", "10.1.0.3", "n1", "ready", "http=8080")),
+		}}
+		if extra {
+			s.Services = append(s.Services, service("new", "203.0.113.7", "Cluster", ports[:1], endpoint("s", "10.1.0.4", "n1", "ready", "http=8080")))
+		}
+		return s
+	}
+	steps := []struct {
+		name string
+		snap *kube.Snapshot
+		kept []string // VIPs whose table the step must reuse
+	}{
+		{name: "first", snap: snap("ready", false)},
+		{name: "same again", snap: snap("ready", false), kept: []string{"k8s/c1/ns/web/http/ipv4", "k8s/c1/ns/web/https/ipv4", "k8s/c1/ns/api/http/ipv4"}},
+		{name: "an endpoint terminates", snap: snap("terminating", false), kept: []string{"k8s/c1/ns/web/https/ipv4", "k8s/c1/ns/api/http/ipv4"}},
+		{name: "a Service more", snap: snap("terminating", true), kept: []string{"k8s/c1/ns/web/http/ipv4", "k8s/c1/ns/web/https/ipv4", "k8s/c1/ns/api/http/ipv4"}},
+		{name: "no cluster", snap: nil},
+		{name: "back", snap: snap("ready", true)},
+	}
+	cache := &control.Cache{}
+	var last control.Desired
+	for _, st := range steps {
+		var k control.Kubernetes
+		if st.snap != nil {
+			k.Clusters = []*kube.Snapshot{st.snap}
+			k.Addresses = ipam.Allocate(k8sPools, nil, control.IPAMServices(k.Clusters))
+		}
+		got, gotWarns := control.Compile(control.Inputs{Config: c, Kubernetes: k, Cache: cache})
+		want, wantWarns := control.Compile(control.Inputs{Config: c, Kubernetes: k})
+		if !reflect.DeepEqual(got, want) || !reflect.DeepEqual(gotWarns, wantWarns) {
+			t.Fatalf("%s: with a cache\n%v %v\nwithout\n%v %v", st.name, dumpVIPs(got.VIPs), gotWarns, dumpVIPs(want.VIPs), wantWarns)
+		}
+		for _, v := range got.VIPs {
+			if !strings.HasPrefix(v.Name, "k8s/") {
+				continue
+			}
+			kept := false
+			for _, l := range last.VIPs {
+				if l.Name == v.Name && len(l.Slots) > 0 && len(v.Slots) > 0 && &l.Slots[0] == &v.Slots[0] {
+					kept = true
+				}
+			}
+			if want := slices.Contains(st.kept, v.Name); kept != want {
+				t.Errorf("%s: VIP %s kept its table: %v, want %v", st.name, v.Name, kept, want)
+			}
+		}
+		last = got
+	}
+}
