@@ -184,7 +184,11 @@ func (c *k8sCompiler) port(s *kube.Snapshot, svc *kube.Service, key ipam.Key, ad
 		c.warn(key, "%s: lookup table: %v", what, err)
 	}
 	if len(v.Slots) == 0 {
-		c.warn(key, "%s: no backend is up (no ready endpoint): new connections to %s are refused and the address is not announced for it", what, v.Key)
+		why := "no ready endpoint"
+		if c.forwardTo == forwardToNodePorts {
+			why = "no ready endpoint, or no Ready node to reach one"
+		}
+		c.warn(key, "%s: no backend is up (%s): new connections to %s are refused and the address is not announced for it", what, why, v.Key)
 	}
 	c.taken[v.Key] = v.Name
 	c.vips = append(c.vips, v)
@@ -248,37 +252,39 @@ func (c *k8sCompiler) podBackends(svc *kube.Service, key ipam.Key, what string, 
 
 // nodeBackends are the nodes' InternalIPs of the VIP's family at the
 // nodePort. With externalTrafficPolicy Cluster every node is a backend of
-// weight 1, up when Ready. With Local only the nodes hosting endpoints of
+// weight 1, up when Ready and the Service has a ready endpoint of the
+// family anywhere (else kube-proxy would refuse the flow). With Local only the nodes hosting endpoints of
 // the Service are, weighted by their ready endpoints, and up when Ready
 // with at least one: kube-proxy on a node without a ready endpoint drops
 // the traffic. A node whose endpoints all terminate stays a down backend,
 // as a terminating pod does.
 func (c *k8sCompiler) nodeBackends(s *kube.Snapshot, svc *kube.Service, key ipam.Key, what string, vip netip.Addr, nodePort uint16) []Backend {
 	local := svc.ExternalTrafficPolicy == "Local"
+	// Each endpoint of the family once, as in podBackends: ready if
+	// either copy is.
+	type state struct {
+		node  string
+		ready bool
+	}
+	eps := map[netip.Addr]state{}
+	for _, e := range svc.Endpoints {
+		a, ok := addrOf(e.Addresses, vip)
+		if !ok {
+			continue
+		}
+		r := e.Ready && !e.Terminating
+		if old, seen := eps[a]; !seen || r && !old.ready {
+			eps[a] = state{e.NodeName, r}
+		}
+	}
 	ready := map[string]int{}
 	hosts := map[string]bool{}
-	if local {
-		// Each endpoint once, as in podBackends: ready if either copy is.
-		type state struct {
-			node  string
-			ready bool
-		}
-		eps := map[netip.Addr]state{}
-		for _, e := range svc.Endpoints {
-			a, ok := addrOf(e.Addresses, vip)
-			if !ok {
-				continue
-			}
-			r := e.Ready && !e.Terminating
-			if old, seen := eps[a]; !seen || r && !old.ready {
-				eps[a] = state{e.NodeName, r}
-			}
-		}
-		for _, st := range eps {
-			hosts[st.node] = true
-			if st.ready {
-				ready[st.node]++
-			}
+	total := 0
+	for _, st := range eps {
+		hosts[st.node] = true
+		if st.ready {
+			ready[st.node]++
+			total++
 		}
 	}
 	var out []Backend
@@ -292,7 +298,7 @@ func (c *k8sCompiler) nodeBackends(s *kube.Snapshot, svc *kube.Service, key ipam
 			continue
 		}
 		known[n.Name] = true
-		b := Backend{Addr: netip.AddrPortFrom(ips[0], nodePort), Weight: 1, Up: n.Ready}
+		b := Backend{Addr: netip.AddrPortFrom(ips[0], nodePort), Weight: 1, Up: n.Ready && total > 0}
 		if local {
 			if !hosts[n.Name] {
 				continue
