@@ -2,12 +2,14 @@ package control
 
 import (
 	"net/netip"
+	"slices"
 
 	"portico.dev/appliance/control/config"
 )
 
 // Cache remembers each VIP compile built, until the VIP's configuration or
-// the health of one of its checked backends changes. Building the Maglev
+// the health of one of its checked backends changes (for a Kubernetes VIP:
+// until its key or its backends change). Building the Maglev
 // tables of 10,000 VIPs takes tens of milliseconds, and even parsing their
 // addresses again takes milliseconds: more than the rest of a backend change
 // costs. Handing back the very same VIP, slices included, also lets the
@@ -22,6 +24,19 @@ type Cache struct {
 	// see; seen counts the VIPs of this one.
 	compiles uint64
 	seen     int
+	// k8s are the Kubernetes VIPs by name; k8sSeen counts those of this
+	// compile.
+	k8s     map[string]*cachedK8s
+	k8sSeen int
+}
+
+// cachedK8s is a Kubernetes VIP with its lookup table: compile builds its
+// backends anew every time (cheap), and reuses the VIP while they, its key
+// and its scheduler stay the same.
+type cachedK8s struct {
+	vip  VIP
+	err  error
+	used uint64
 }
 
 type cachedVIP struct {
@@ -47,7 +62,7 @@ type cachedVIP struct {
 func (c *Cache) begin() {
 	if c != nil {
 		c.compiles++
-		c.seen = 0
+		c.seen, c.k8sSeen = 0, 0
 	}
 }
 
@@ -72,14 +87,49 @@ func (c *Cache) vip(cv config.VIP, state map[string]bool) (VIP, error) {
 	return e.vip, e.err
 }
 
+// k8sVIP returns v with its lookup table, from the cache when a VIP of
+// the same name, key, scheduler and backends was compiled before; the
+// error says why it has no table.
+func (c *Cache) k8sVIP(v VIP) (VIP, error) {
+	if c == nil {
+		slots, err := table(v)
+		v.Slots = slots
+		return v, err
+	}
+	if c.k8s == nil {
+		c.k8s = map[string]*cachedK8s{}
+	}
+	e := c.k8s[v.Name]
+	if e == nil || e.vip.Key != v.Key || e.vip.Scheduler != v.Scheduler || e.vip.SNAT != v.SNAT ||
+		!slices.Equal(e.vip.Backends, v.Backends) {
+		e = &cachedK8s{vip: v}
+		e.vip.Slots, e.err = table(v)
+		c.k8s[v.Name] = e
+	}
+	if e.used != c.compiles {
+		e.used = c.compiles
+		c.k8sSeen++
+	}
+	return e.vip, e.err
+}
+
 // end forgets the VIPs the compile did not see.
 func (c *Cache) end() {
-	if c == nil || c.seen == len(c.byName) {
+	if c == nil {
 		return
 	}
-	for name, e := range c.byName {
-		if e.used != c.compiles {
-			delete(c.byName, name)
+	if c.seen != len(c.byName) {
+		for name, e := range c.byName {
+			if e.used != c.compiles {
+				delete(c.byName, name)
+			}
+		}
+	}
+	if c.k8sSeen != len(c.k8s) {
+		for name, e := range c.k8s {
+			if e.used != c.compiles {
+				delete(c.k8s, name)
+			}
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"portico.dev/appliance/control/bgp"
 	"portico.dev/appliance/control/config"
 	"portico.dev/appliance/control/health"
+	"portico.dev/appliance/control/ipam"
 	"portico.dev/appliance/control/maglev"
 	"portico.dev/appliance/datapath/nft"
 	"portico.dev/appliance/datapath/route"
@@ -26,12 +27,19 @@ type Inputs struct {
 	// Cache, when set, keeps each compiled VIP from one compile to the
 	// next while its configuration and its backends' health do not change.
 	Cache *Cache
+	// Kubernetes are the clusters' Services and the addresses IPAM gave
+	// them; each Service port on each address becomes a VIP beside the
+	// configured ones (see compileKubernetes).
+	Kubernetes Kubernetes
 }
 
 // Warning is something compile refused or wants an operator to know.
 type Warning struct {
 	Path    string
 	Message string
+	// Service is the Kubernetes Service the warning is about, so that the
+	// daemon can record it as an Event; zero for anything else.
+	Service ipam.Key
 }
 
 func (w Warning) String() string { return w.Path + ": " + w.Message }
@@ -48,13 +56,16 @@ func Compile(in Inputs) (Desired, []Warning) {
 	for i, cv := range in.Config.VIPs {
 		v, err := in.Cache.vip(cv, in.Health)
 		if err != nil {
-			warns = append(warns, Warning{fmt.Sprintf("vips[%d]", i), err.Error()})
+			warns = append(warns, Warning{Path: fmt.Sprintf("vips[%d]", i), Message: err.Error()})
 		}
 		if len(v.Slots) == 0 {
-			warns = append(warns, Warning{fmt.Sprintf("vips[%d]", i), "no backend is up: new connections to " + v.Key.String() + " are refused"})
+			warns = append(warns, Warning{Path: fmt.Sprintf("vips[%d]", i), Message: "no backend is up: new connections to " + v.Key.String() + " are refused"})
 		}
 		d.VIPs = append(d.VIPs, v)
 	}
+	kvips, kwarns := compileKubernetes(in.Config.Kubernetes.ForwardTo, in.Kubernetes, d.VIPs, in.Cache)
+	d.VIPs = append(d.VIPs, kvips...)
+	warns = append(warns, kwarns...)
 	in.Cache.end()
 	slices.SortFunc(d.VIPs, func(a, b VIP) int { return a.Key.Compare(b.Key) })
 	d.BGP, warns = compileBGP(in.Config.BGP, d, warns)

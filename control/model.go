@@ -1,8 +1,9 @@
 // Package control is the appliance's brain: the Desired model, the pure
-// compile step that turns inputs (configuration, health) into a Desired,
-// and the reconciler that owns the current Desired and makes the datapath
-// targets match it. Nothing here talks to the kernel directly; the targets
-// it drives are interfaces whose real implementations live in datapath/.
+// compile step that turns inputs (configuration, health, Kubernetes
+// Services) into a Desired, and the reconciler that owns the current
+// Desired and makes the datapath targets match it. Nothing here talks to
+// the kernel directly; the targets it drives are interfaces whose real
+// implementations live in datapath/.
 package control
 
 import (
