@@ -45,11 +45,15 @@ type Daemon struct {
 	// while the BGP sessions come back.
 	StaleRoutes []route.Route
 	StaleFor    time.Duration
+	// Kubernetes connects the clusters; nil when none is configured.
+	Kubernetes *KubeInputs
 
 	mu      sync.Mutex
 	pending []health.Event
 	learned bool // the speaker said its routes changed
-	wake    chan struct{}
+	// kubeChanged: a cluster's Snapshot changed.
+	kubeChanged bool
+	wake        chan struct{}
 }
 
 // RoutesChanged tells Run that the BGP speaker's routes or sessions
@@ -85,12 +89,12 @@ func (d *Daemon) wakeChan() chan struct{} {
 	return d.wake
 }
 
-func (d *Daemon) takeEvents() ([]health.Event, bool) {
+func (d *Daemon) takeEvents() (evs []health.Event, learned, kube bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	evs, learned := d.pending, d.learned
-	d.pending, d.learned = nil, false
-	return evs, learned
+	evs, learned, kube = d.pending, d.learned, d.kubeChanged
+	d.pending, d.learned, d.kubeChanged = nil, false, false
+	return evs, learned, kube
 }
 
 // learnedRoutes is what the speaker accepts now, plus, while stale is
@@ -154,8 +158,28 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 	routesTimer := time.NewTimer(0)
 	routesTimer.Stop()
 	defer routesTimer.Stop()
+	var k8s *kubeState
+	if d.Kubernetes != nil {
+		k8s = &kubeState{in: d.Kubernetes, log: d.Log, status: newStatusWriter(d.Kubernetes.Status, d.Log)}
+		statusCtx, stopStatus := context.WithCancel(ctx)
+		statusDone := make(chan struct{})
+		go func() { defer close(statusDone); k8s.status.run(statusCtx) }()
+		defer func() { stopStatus(); <-statusDone }()
+	}
 	apply := func(why string) {
-		want, warns := Compile(Inputs{Config: cfg, Health: state, Learned: d.learnedRoutes(stale), Cache: cache})
+		var kin Kubernetes
+		var err error
+		if k8s != nil {
+			kin, err = k8s.step()
+		}
+		if err != nil {
+			// Leases not saved: nothing may name the new addresses yet.
+			d.Log.Error("kubernetes failed, will retry", "why", why, "err", err, "retry_in", backoff)
+			retry.Reset(backoff)
+			backoff = min(2*backoff, maxBackoff)
+			return
+		}
+		want, warns := Compile(Inputs{Config: cfg, Health: state, Learned: d.learnedRoutes(stale), Cache: cache, Kubernetes: kin})
 		now := make(map[Warning]bool, len(warns))
 		for _, w := range warns {
 			now[w] = true
@@ -165,7 +189,7 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 		}
 		warned = now
 		start := time.Now()
-		err := d.Reconciler.Apply(ctx, want)
+		err = d.Reconciler.Apply(ctx, want)
 		routesDue, calm = false, time.Now().Add(2*time.Since(start))
 		if err != nil {
 			d.Log.Error("apply failed, will retry", "why", why, "err", err, "retry_in", backoff)
@@ -174,6 +198,9 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 			return
 		}
 		backoff = minBackoff
+		if k8s != nil {
+			k8s.applied(warns)
+		}
 		if !configured {
 			state = want.checkedHealth()
 			d.Health.Set(want.HealthTargets())
@@ -189,7 +216,7 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 			cfg, configured = c, false
 			apply("reload")
 		case <-d.wakeChan():
-			evs, routes := d.takeEvents()
+			evs, routes, kube := d.takeEvents()
 			changed := false
 			for _, ev := range evs {
 				d.Log.Info("backend health", "backend", ev.ID, "up", ev.Up, "reason", ev.Reason)
@@ -201,6 +228,8 @@ func (d *Daemon) Run(ctx context.Context, cfg *config.Config, seed map[string]bo
 			switch wait := time.Until(calm); {
 			case changed:
 				apply("health")
+			case kube:
+				apply("kubernetes")
 			case !routes || routesDue:
 			case wait > 0:
 				routesDue = true
