@@ -150,6 +150,22 @@ func run(ctx context.Context, log *slog.Logger, path string, cfg *config.Config,
 	defer hm.Close()
 	d.Health = hm
 
+	// Kubernetes: the watchers run until the daemon has stopped.
+	if len(cfg.Kubernetes.Clusters) > 0 {
+		cs, err := openClusters(cfg.Kubernetes, log.With("component", "kube"), d.KubernetesChanged)
+		if err != nil {
+			return err
+		}
+		defer cs.close()
+		if d.Kubernetes, err = kubeInputs(cfg, cs, st); err != nil {
+			return err
+		}
+		kubeCtx, stopKube := context.WithCancel(context.Background())
+		kubeDone := make(chan struct{})
+		go func() { defer close(kubeDone); cs.run(kubeCtx, log) }()
+		defer func() { stopKube(); <-kubeDone }()
+	}
+
 	reload := make(chan *config.Config)
 	go watchReload(ctx, log, path, st, reload)
 	if err := d.Run(ctx, cfg, seed, reload); err != nil {
