@@ -87,10 +87,15 @@ func (l *lab) startBackend(be string) *topo.Proc {
 }
 
 // writeConfig writes the appliance's configuration file; store and log
-// settings are added here.
+// settings are added here, and a gNMI socket of the lab's own unless vips
+// has a management section: the default path is one per machine, and
+// another appliance may serve on it.
 func (l *lab) writeConfig(vips string) string {
 	path := filepath.Join(l.dir, "appliance.yaml")
 	doc := fmt.Sprintf("name: e2e\nstore: %s\nlog: {level: debug}\n%s", filepath.Join(l.dir, "state.db"), vips)
+	if !strings.Contains(vips, "management:") {
+		doc += fmt.Sprintf("\nmanagement: {gnmi: {socket: %s}}\n", filepath.Join(l.dir, "gnmi.sock"))
+	}
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 		l.t.Fatal(err)
 	}
