@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"fmt"
 	"net/netip"
 	"os"
@@ -28,18 +29,26 @@ const (
 	kubePool  = "203.0.113.0/28"
 )
 
-// kubeService is a LoadBalancer Service of the appliance's class with one
-// TCP port named http that targets 8080, and the given annotations.
-func kubeService(name string, port int32, annotations map[string]string) *corev1.Service {
+// kubeService is a LoadBalancer Service of the appliance's class with a
+// TCP port named http at port that targets 8080 (the backends' HTTP), with
+// one named echo at 9000 that targets 9000 (their TCP echo) if echo, and
+// with the given annotations.
+func kubeService(name string, port int32, echo bool, annotations map[string]string) *corev1.Service {
+	ports := []corev1.ServicePort{{
+		Name: "http", Protocol: corev1.ProtocolTCP, Port: port, TargetPort: intstr.FromInt32(8080),
+	}}
+	if echo {
+		ports = append(ports, corev1.ServicePort{
+			Name: "echo", Protocol: corev1.ProtocolTCP, Port: 9000, TargetPort: intstr.FromInt32(9000),
+		})
+	}
 	return &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: kubeNS, Name: name, Annotations: annotations},
 		Spec: corev1.ServiceSpec{
 			Type:              corev1.ServiceTypeLoadBalancer,
 			LoadBalancerClass: new(kubeClass),
 			Selector:          map[string]string{"app": name},
-			Ports: []corev1.ServicePort{{
-				Name: "http", Protocol: corev1.ProtocolTCP, Port: port, TargetPort: intstr.FromInt32(8080),
-			}},
+			Ports:             ports,
 		},
 	}
 }
@@ -52,7 +61,7 @@ type kubeEndpoint struct {
 }
 
 // kubeSlice is the EndpointSlice of Service svc with the endpoints eps at
-// port 8080, named http like the Service's port.
+// ports http (8080) and echo (9000), named like the Service's ports.
 func kubeSlice(svc string, eps ...kubeEndpoint) *discoveryv1.EndpointSlice {
 	es := &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{
@@ -60,9 +69,10 @@ func kubeSlice(svc string, eps ...kubeEndpoint) *discoveryv1.EndpointSlice {
 			Labels: map[string]string{discoveryv1.LabelServiceName: svc},
 		},
 		AddressType: discoveryv1.AddressTypeIPv4,
-		Ports: []discoveryv1.EndpointPort{{
-			Name: new("http"), Protocol: new(corev1.ProtocolTCP), Port: new(int32(8080)),
-		}},
+		Ports: []discoveryv1.EndpointPort{
+			{Name: new("http"), Protocol: new(corev1.ProtocolTCP), Port: new(int32(8080))},
+			{Name: new("echo"), Protocol: new(corev1.ProtocolTCP), Port: new(int32(9000))},
+		},
 	}
 	for _, e := range eps {
 		es.Endpoints = append(es.Endpoints, discoveryv1.Endpoint{
@@ -111,7 +121,7 @@ kubernetes:
 	shared := map[string]string{"portico.dev/sharing-key": "shop"}
 
 	t.Run("ServiceGetsAddressAndTraffic", func(t *testing.T) {
-		if _, err := cs.CoreV1().Services(kubeNS).Create(ctx, kubeService("web", 80, shared), metav1.CreateOptions{}); err != nil {
+		if _, err := cs.CoreV1().Services(kubeNS).Create(ctx, kubeService("web", 80, true, shared), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := cs.DiscoveryV1().EndpointSlices(kubeNS).Create(ctx,
@@ -139,6 +149,18 @@ kubernetes:
 			kubeEndpoint{addr: "10.0.1.11"}, kubeEndpoint{addr: "10.0.2.12"}, kubeEndpoint{addr: "10.0.3.13"}))
 		l.waitBackends(t, target, "be3")
 
+		// Established flows to the pods, be1's included, before be1 starts
+		// terminating. The echo port is compiled with http, in the same
+		// apply.
+		conns := l.openEchoTo(t, addr.String()+":9000", 30)
+		per := map[string]int{}
+		for _, c := range conns {
+			per[c.backend]++
+		}
+		if per["be1"] == 0 {
+			t.Fatalf("30 echo connections reached %v, none be1", per)
+		}
+
 		updateSlice(t, cs, kubeSlice("web",
 			kubeEndpoint{addr: "10.0.1.11", terminating: true}, kubeEndpoint{addr: "10.0.2.12"}, kubeEndpoint{addr: "10.0.3.13"}))
 		// Eventually: a run of 30 new connections none of which reaches be1.
@@ -149,12 +171,15 @@ kubernetes:
 		if hits["be1"] != 0 || hits["be2"] == 0 || hits["be3"] == 0 {
 			t.Fatalf("be1 terminating: 90 new connections reached %v, want be2 and be3 only", hits)
 		}
+		if f := roundTrip(conns, "terminating"); len(f) > 0 {
+			t.Fatalf("be1 terminating: %d of the 30 established connections %v failed: %v", len(f), per, f)
+		}
 	})
 
 	t.Run("SharedAddress", func(t *testing.T) {
 		ask := map[string]string{"portico.dev/address": addr.String()}
 		share := map[string]string{"portico.dev/address": addr.String(), "portico.dev/sharing-key": "shop"}
-		if _, err := cs.CoreV1().Services(kubeNS).Create(ctx, kubeService("api", 81, share), metav1.CreateOptions{}); err != nil {
+		if _, err := cs.CoreV1().Services(kubeNS).Create(ctx, kubeService("api", 81, false, share), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := cs.DiscoveryV1().EndpointSlices(kubeNS).Create(ctx,
@@ -169,7 +194,7 @@ kubernetes:
 			t.Fatalf("20 requests to api (%s:81) reached %v, want be3 only", addr, hits)
 		}
 
-		if _, err := cs.CoreV1().Services(kubeNS).Create(ctx, kubeService("intruder", 82, ask), metav1.CreateOptions{}); err != nil {
+		if _, err := cs.CoreV1().Services(kubeNS).Create(ctx, kubeService("intruder", 82, false, ask), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := cs.DiscoveryV1().EndpointSlices(kubeNS).Create(ctx,
@@ -255,6 +280,33 @@ func (l *lab) waitBackends(t *testing.T, target string, backends ...string) {
 				target, seen, kubeTimeout, backends, last, l.app.Output())
 		}
 	}
+}
+
+// openEchoTo opens n connections from the client to the TCP echo at
+// target and reads each one's hello, which names its backend.
+func (l *lab) openEchoTo(t *testing.T, target string, n int) []*echoConn {
+	t.Helper()
+	conns := make([]*echoConn, 0, n)
+	t.Cleanup(func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	for range n {
+		c, err := l.dial("tcp", target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ec := &echoConn{Conn: c, r: bufio.NewReader(c)}
+		conns = append(conns, ec)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		hello, err := ec.r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("echo hello from %s: %v", target, err)
+		}
+		ec.backend = strings.Fields(hello)[0]
+	}
+	return conns
 }
 
 // waitIngress waits until Service name's status names one address and
