@@ -235,6 +235,26 @@ kubernetes:
 			t.Errorf("after the refusal, web reached %v", hits)
 		}
 	})
+
+	// Every line of the Kubernetes parts names its component and cluster
+	// once: a key given twice is ambiguous to a log parser.
+	t.Run("LogKeys", func(t *testing.T) {
+		out := l.app.Output()
+		for _, want := range []string{
+			`msg="apiserver connected" component=kube cluster=lab`,
+			`msg="informers synced" component=kube cluster=lab`,
+			`msg="status written" component=kube cluster=lab service=shop/web`,
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("the appliance's log has no %q", want)
+			}
+		}
+		for line := range strings.Lines(out) {
+			if strings.Count(line, " component=") > 1 || strings.Count(line, " cluster=") > 1 {
+				t.Errorf("a key twice: %s", line)
+			}
+		}
+	})
 }
 
 // askMany sends n requests, each on a new connection, from the client to
