@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -99,14 +97,6 @@ func TestKubernetes(t *testing.T) {
 		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: kubeNS}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	kubeconfig := filepath.Join(l.dir, "lab.kubeconfig")
-	b, err := os.ReadFile(c.Kubeconfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(kubeconfig, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	l.writeConfig(fmt.Sprintf(`pools:
   - {name: lab, cidrs: [%s], auto-assign: true}
 kubernetes:
@@ -114,7 +104,7 @@ kubernetes:
     - {name: lab, kubeconfig: %s}
   load-balancer-class: %s
   forward-to: pods
-`, kubePool, kubeconfig, kubeClass))
+`, kubePool, c.Kubeconfig(), kubeClass))
 	l.startAppliance()
 
 	var addr netip.Addr // web's address, from its status
