@@ -152,7 +152,7 @@ func run(ctx context.Context, log *slog.Logger, path string, cfg *config.Config,
 
 	// Kubernetes: the watchers run until the daemon has stopped.
 	if len(cfg.Kubernetes.Clusters) > 0 {
-		cs, err := openClusters(cfg.Kubernetes, log.With("component", "kube"), d.KubernetesChanged)
+		cs, err := openClusters(cfg.Kubernetes, log, d.KubernetesChanged)
 		if err != nil {
 			return err
 		}

@@ -51,7 +51,7 @@ func Open(name, path string, log *slog.Logger) (*Conn, error) {
 // OpenConfig is Open with a client configuration instead of a kubeconfig file. cfg is
 // copied, not changed.
 func OpenConfig(name string, cfg *rest.Config, log *slog.Logger) (*Conn, error) {
-	c := &Conn{name: name, log: log.With("cluster", name)}
+	c := &Conn{name: name, log: log.With("component", "kube", "cluster", name)}
 	cfg = rest.CopyConfig(cfg)
 	cfg.UserAgent = "portico-appliance"
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper { return &observer{rt: rt, c: c} })
