@@ -246,17 +246,7 @@ func (s *Store) SaveApplied(put map[string][]byte, del []string, replace bool) e
 				return err
 			}
 		}
-		for _, k := range del {
-			if err := b.Delete([]byte(k)); err != nil {
-				return fmt.Errorf("delete %s: %w", k, err)
-			}
-		}
-		for k, v := range put {
-			if err := b.Put([]byte(k), v); err != nil {
-				return fmt.Errorf("put %s: %w", k, err)
-			}
-		}
-		return nil
+		return change(b, put, del)
 	})
 	if err != nil {
 		return fmt.Errorf("store: save applied state: %w", err)
@@ -267,15 +257,7 @@ func (s *Store) SaveApplied(put map[string][]byte, del []string, replace bool) e
 // LoadApplied returns every part of the last applied desired state, or an
 // error wrapping ErrNotFound if it has none.
 func (s *Store) LoadApplied() (map[string][]byte, error) {
-	parts := map[string][]byte{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketApplied).ForEach(func(k, v []byte) error {
-			// k and v point into the mmap and are valid only inside
-			// the transaction.
-			parts[string(k)] = bytes.Clone(v)
-			return nil
-		})
-	})
+	parts, err := s.all(bucketApplied)
 	if err == nil && len(parts) == 0 {
 		err = ErrNotFound
 	}
@@ -290,20 +272,7 @@ func (s *Store) LoadApplied() (map[string][]byte, error) {
 // already gone is no error). On error nothing changed; on success the change
 // is on disk.
 func (s *Store) SaveLeases(put map[string][]byte, del []string) error {
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketLeases)
-		for _, k := range del {
-			if err := b.Delete([]byte(k)); err != nil {
-				return fmt.Errorf("delete %s: %w", k, err)
-			}
-		}
-		for k, v := range put {
-			if err := b.Put([]byte(k), v); err != nil {
-				return fmt.Errorf("put %s: %w", k, err)
-			}
-		}
-		return nil
-	})
+	err := s.db.Update(func(tx *bolt.Tx) error { return change(tx.Bucket(bucketLeases), put, del) })
 	if err != nil {
 		return fmt.Errorf("store: save leases: %w", err)
 	}
@@ -313,17 +282,41 @@ func (s *Store) SaveLeases(put map[string][]byte, del []string) error {
 // LoadLeases returns every stored lease by key; none is an empty map, not
 // an error.
 func (s *Store) LoadLeases() (map[string][]byte, error) {
-	leases := map[string][]byte{}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketLeases).ForEach(func(k, v []byte) error {
-			leases[string(k)] = bytes.Clone(v)
-			return nil
-		})
-	})
+	leases, err := s.all(bucketLeases)
 	if err != nil {
 		return nil, fmt.Errorf("store: load leases: %w", err)
 	}
 	return leases, nil
+}
+
+// change removes each key of del from b (a key already gone is no error),
+// then stores each value of put under its key.
+func change(b *bolt.Bucket, put map[string][]byte, del []string) error {
+	for _, k := range del {
+		if err := b.Delete([]byte(k)); err != nil {
+			return fmt.Errorf("delete %s: %w", k, err)
+		}
+	}
+	for k, v := range put {
+		if err := b.Put([]byte(k), v); err != nil {
+			return fmt.Errorf("put %s: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// all returns every key and value of the bucket.
+func (s *Store) all(bucket []byte) (map[string][]byte, error) {
+	out := map[string][]byte{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucket).ForEach(func(k, v []byte) error {
+			// k and v point into the mmap and are valid only inside
+			// the transaction.
+			out[string(k)] = bytes.Clone(v)
+			return nil
+		})
+	})
+	return out, err
 }
 
 // itob encodes n as a big-endian key, so byte order matches numeric order.
