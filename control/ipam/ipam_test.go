@@ -258,22 +258,7 @@ func TestAllocateOrderIndependent(t *testing.T) {
 	for round := range 300 {
 		var services []Service
 		for i := range 4 + rng.IntN(12) {
-			var opts []string
-			switch rng.IntN(4) {
-			case 0:
-				opts = append(opts, "v6")
-			case 1:
-				opts = append(opts, "dual")
-			case 2:
-				opts = append(opts, "require")
-			}
-			if rng.IntN(3) == 0 {
-				opts = append(opts, "ann="+addrs[rng.IntN(len(addrs))])
-			}
-			if rng.IntN(2) == 0 {
-				opts = append(opts, "key=k"+fmt.Sprint(rng.IntN(2)))
-			}
-			opts = append(opts, fmt.Sprintf("port=%d/TCP", 80+rng.IntN(3)))
+			opts := randomOpts(rng, addrs, 3)
 			services = append(services, svc(fmt.Sprintf("s%02d", i), opts...))
 		}
 		var leases []Lease
@@ -311,4 +296,26 @@ func TestPoolsFromConfig(t *testing.T) {
 	if _, err := PoolsFromConfig([]config.Pool{{Name: "p", CIDRs: []string{"x"}}}); err == nil {
 		t.Error("bad prefix accepted")
 	}
+}
+
+// randomOpts returns random options for svc: a family policy, a requested
+// address from addrs one time in annOneIn, a sharing key one time in two,
+// and one port.
+func randomOpts(rng *rand.Rand, addrs []string, annOneIn int) []string {
+	var opts []string
+	switch rng.IntN(4) {
+	case 0:
+		opts = append(opts, "v6")
+	case 1:
+		opts = append(opts, "dual")
+	case 2:
+		opts = append(opts, "require")
+	}
+	if rng.IntN(annOneIn) == 0 {
+		opts = append(opts, "ann="+addrs[rng.IntN(len(addrs))])
+	}
+	if rng.IntN(2) == 0 {
+		opts = append(opts, "key=k"+fmt.Sprint(rng.IntN(2)))
+	}
+	return append(opts, fmt.Sprintf("port=%d/TCP", 80+rng.IntN(3)))
 }

@@ -261,22 +261,7 @@ func TestReconcileOrderIndependent(t *testing.T) {
 	for round := range 400 {
 		var observed []Observed
 		for i := range 3 + rng.IntN(10) {
-			var opts []string
-			switch rng.IntN(4) {
-			case 0:
-				opts = append(opts, "v6")
-			case 1:
-				opts = append(opts, "dual")
-			case 2:
-				opts = append(opts, "require")
-			}
-			if rng.IntN(4) == 0 {
-				opts = append(opts, "ann="+addrs[rng.IntN(len(addrs))])
-			}
-			if rng.IntN(2) == 0 {
-				opts = append(opts, "key=k"+fmt.Sprint(rng.IntN(2)))
-			}
-			opts = append(opts, fmt.Sprintf("port=%d/TCP", 80+rng.IntN(3)))
+			opts := randomOpts(rng, addrs, 4)
 			var ingress []string
 			for range rng.IntN(3) {
 				ingress = append(ingress, addrs[rng.IntN(len(addrs))])
